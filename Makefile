@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PORT ?= 8501
+
+.PHONY: run test bench assets browser clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the project's dependencies change; torch and torchvision are pinned to the releases
+# this project is tested with (newer ones are not on every machine).
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+
+# Chromium for the browser tests, from Debian's packages, when it is missing and we may install it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get install -y chromium || (apt-get update && apt-get install -y chromium); \
+		else echo "chromium not found: the browser tests will be skipped (apt-get install chromium)"; fi; }
+
+test: $(STAMP) browser
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+# The shipped model: trained reproducibly from a fixed seed by our own code.
+assets: $(STAMP)
+	$(PY) -m cnnviz.assets
+
+clean:
+	rm -rf $(VENV) .pytest_cache
