@@ -38,6 +38,7 @@ class Checkpoint:
     info: DatasetInfo
     history: History = field(default_factory=History)
     metrics: dict = field(default_factory=dict)  # e.g. test_accuracy, per_class
+    filter_frames: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, first conv's weights)
 
     @property
     def dataset(self) -> str:
@@ -58,6 +59,8 @@ def to_bytes(ckpt: Checkpoint) -> bytes:
         "state_dict": {k: v.detach().cpu().clone() for k, v in ckpt.model.state_dict().items()},
         "history": ckpt.history.to_dict(),
         "metrics": ckpt.metrics,
+        "filter_frames": {"steps": [s for s, _ in ckpt.filter_frames],
+                          "weights": [w.detach().cpu().clone() for _, w in ckpt.filter_frames]},
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -103,6 +106,8 @@ def load(source: str | os.PathLike | bytes | BinaryIO) -> Checkpoint:
         model = build(spec)
         model.load_state_dict(payload["state_dict"])
         history = History.from_dict(payload.get("history") or {})
+        frames = payload.get("filter_frames") or {"steps": [], "weights": []}
+        filter_frames = [(int(s), w) for s, w in zip(frames["steps"], frames["weights"])]
     except (KeyError, TypeError, ValueError, RuntimeError, SpecError) as e:
         raise CheckpointError(
             f"This cnnviz model file is damaged or inconsistent: {str(e).splitlines()[0][:200]}"
@@ -110,4 +115,4 @@ def load(source: str | os.PathLike | bytes | BinaryIO) -> Checkpoint:
     if spec.num_classes != info.num_classes:
         raise CheckpointError("This cnnviz model file is inconsistent: its classes do not match its output layer.")
     model.eval()
-    return Checkpoint(model, spec, info, history, dict(payload.get("metrics") or {}))
+    return Checkpoint(model, spec, info, history, dict(payload.get("metrics") or {}), filter_frames)

@@ -26,7 +26,8 @@ def _train(args: argparse.Namespace) -> int:
     info = train_split.info
     spec = models.preset(args.preset, info.channels, info.size, info.num_classes)
     model = models.build(spec, seed=args.seed)
-    config = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+    epochs = args.epochs or info.epochs
+    config = train.TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                augment=args.augment)
     bar = tqdm(total=config.total_steps(len(train_split)), desc=f"{args.dataset}/{args.preset}", unit="step",
                file=sys.stderr, dynamic_ncols=True)
@@ -47,7 +48,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.out:
         checkpoint.save(ckpt, args.out)
     result = {
-        "dataset": args.dataset, "preset": args.preset, "epochs": args.epochs, "steps": len(history.steps),
+        "dataset": args.dataset, "preset": args.preset, "epochs": epochs, "steps": len(history.steps),
         "params": models.count_params(model), "test_accuracy": round(ev.accuracy, 4),
         "train_seconds": round(history.seconds, 2), "total_seconds": round(total, 2),
         "images_per_s": round(history.images_per_s), "status": history.status,
@@ -92,7 +93,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", type=Path, default=None,
                    help="where datasets live (default: $CNNVIZ_DATA_DIR or ~/.cache/cnnviz/data)")
     t.add_argument("--preset", default=models.DEFAULT_PRESET, choices=list(models.PRESETS))
-    t.add_argument("--epochs", type=_positive_int, default=2)
+    t.add_argument("--epochs", type=_positive_int, default=None,
+                   help="passes over the training data (default: the dataset's own, e.g. 4 for shapes, 2 for mnist)")
     t.add_argument("--batch-size", type=_positive_int, default=128)
     t.add_argument("--lr", type=_positive_float, default=0.005, help="peak learning rate (one-cycle schedule)")
     t.add_argument("--seed", type=int, default=0)

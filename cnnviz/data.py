@@ -37,6 +37,7 @@ class DatasetInfo:
     std: tuple[float, ...]
     invert: bool = False  # light strokes on a dark background (MNIST): dark-on-light uploads should be inverted
     description: str = ""
+    epochs: int = 2  # a good default: enough for a good model, few enough to train in seconds on a CPU
 
     @property
     def num_classes(self) -> int:
@@ -78,6 +79,7 @@ DATASETS: dict[str, DatasetInfo] = {
         "shapes", "Shapes (built in)", shapes.CLASS_NAMES, 3, shapes.DEFAULT_SIZE,
         shapes.MEAN, shapes.STD,
         description="Simple coloured shapes on a cluttered background, made on the fly: no download needed.",
+        epochs=4,
     ),
     "mnist": DatasetInfo(
         "mnist", "MNIST digits", MNIST_CLASSES, 1, 28, (0.1307,), (0.3081,), invert=True,
@@ -85,11 +87,11 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "fashion-mnist": DatasetInfo(
         "fashion-mnist", "Fashion-MNIST", FASHION_CLASSES, 1, 28, (0.2860,), (0.3530,), invert=True,
-        description="70,000 photos of clothing, 28×28 greyscale (light on black).",
+        description="70,000 photos of clothing, 28×28 greyscale (light on black).", epochs=3,
     ),
     "cifar10": DatasetInfo(
         "cifar10", "CIFAR-10", CIFAR10_CLASSES, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-        description="60,000 small colour photos of 10 kinds of object, 32×32.",
+        description="60,000 small colour photos of 10 kinds of object, 32×32.", epochs=10,
     ),
 }
 

@@ -127,10 +127,12 @@ def fit(
     val: Split | None = None,
     on_step: Callable[[Step], None] | None = None,
     stop: threading.Event | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> History:
     """Train ``model`` in place on ``train`` and return its :class:`History`.
 
     Uses a one-cycle learning-rate schedule (Smith & Topin, 2019), which reaches good accuracy in few epochs.
+    ``on_epoch`` gets each validation record (only when ``val`` is given).
     ``stop.set()`` from another thread ends the run after the current step (status ``"stopped"``). A NaN or infinite
     loss ends it too (status ``"diverged"``), with the weights put back to the last step whose loss was finite.
     Seeds torch's global RNG (dropout uses it) with ``config.seed``.
@@ -185,6 +187,8 @@ def fit(
                 ev = evaluate(model, val)
                 history.epochs.append(dict(epoch=record.epoch, step=step, val_loss=ev.loss, val_acc=ev.accuracy,
                                            seconds=time.perf_counter() - start))
+                if on_epoch:
+                    on_epoch(history.epochs[-1])
                 model.train()
             if stop is not None and stop.is_set():
                 history.status, history.reason = "stopped", f"stopped by request at step {step} of {total}"

@@ -1,0 +1,171 @@
+"""Widgets every page shares: the model card in the sidebar, the model loader and the image picker."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import streamlit as st
+import torch
+from PIL import Image
+
+from cnnviz import checkpoint, images, models
+from cnnviz.data import DatasetError, DatasetInfo
+from cnnviz.ui import state
+
+
+def model_summary(sm: state.SessionModel) -> str:
+    ck = sm.ckpt
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in ck.model.modules())
+    acc = ck.metrics.get("test_accuracy")
+    acc_text = f"{acc:.1%} test accuracy" if acc is not None else "accuracy not measured"
+    return (f"**{ck.info.title}** · {convs} conv layers · {models.count_params(ck.model):,} parameters · "
+            f"{acc_text}")
+
+
+def sidebar() -> None:
+    """The current model, always visible, and the state of this session's training job."""
+    sm = state.current()
+    with st.sidebar:
+        st.markdown("#### Current model")
+        st.markdown(model_summary(sm))
+        st.caption(f"Source: {sm.source}")
+        job = st.session_state.get("job")
+        if job is not None:
+            snap = job.snapshot()
+            if snap.active:
+                st.info(f"Training: step {snap.step} of {snap.total_steps}", icon=":material/model_training:")
+
+
+def model_loader(key: str = "upload_model") -> None:
+    """Upload a saved model; a bad file gets a clear message and the current model stays."""
+    up = st.file_uploader("Load a saved model (.pt)", type=None, key=key,
+                          help="A file saved from this app's Train page or by `cnnviz train --out`.")
+    if up is None:
+        return
+    raw = up.getvalue()
+    digest = hashlib.sha1(raw).hexdigest()
+    if st.session_state.get(f"{key}_done") == digest:
+        return  # already loaded this very file; do not replace a model trained since
+    try:
+        ck = checkpoint.load(raw)
+    except checkpoint.CheckpointError as e:
+        st.error(f"{e} Your current model is unchanged.", icon=":material/error:")
+        return
+    st.session_state[f"{key}_done"] = digest
+    state.set_current(ck, f"uploaded: {up.name}")
+    st.success(f"Loaded **{up.name}**: a {ck.info.title} model.", icon=":material/check_circle:")
+
+
+def save_button(sm: state.SessionModel, key: str = "save_model") -> None:
+    st.download_button("Save this model (.pt)", checkpoint.to_bytes(sm.ckpt),
+                       file_name=f"cnnviz-{sm.ckpt.dataset}.pt", mime="application/octet-stream", key=key,
+                       icon=":material/download:")
+
+
+@dataclass
+class PickedImage:
+    """The bytes of the chosen image (any format :func:`images.load` reads), a label and a cache key."""
+
+    data: bytes
+    label: str
+    key: str
+
+
+def _png(x: torch.Tensor) -> bytes:
+    """uint8 ``(C, H, W)`` → PNG bytes."""
+    arr = x.permute(1, 2, 0).squeeze(2).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _picked(data: bytes, label: str) -> PickedImage:
+    return PickedImage(data, label, hashlib.sha1(data).hexdigest())
+
+
+def image_picker(info: DatasetInfo, key: str = "img") -> PickedImage | None:
+    """Choose an image: from the test set, an upload, a drawing or the camera. Keeps the last good one."""
+    last_key = f"{key}_last"
+    source = st.segmented_control("Image source", ["Test set", "Upload", "Draw", "Camera"], default="Test set",
+                                  key=f"{key}_source") or "Test set"
+    picked: PickedImage | None = None
+    if source == "Test set":
+        cols = st.columns([2, 1])
+        wanted = cols[0].selectbox("Class", ["any"] + list(info.class_names), key=f"{key}_class")
+        if cols[1].button("Another one", icon=":material/shuffle:", key=f"{key}_shuffle"):
+            st.session_state[f"{key}_seed"] = st.session_state.get(f"{key}_seed", 0) + 1
+        picked = _pick_test(info, wanted, st.session_state.get(f"{key}_seed", 0))
+    elif source == "Upload":
+        up = st.file_uploader("Upload an image (PNG, JPEG, GIF, BMP, TIFF, WebP)", key=f"{key}_upload")
+        if up is not None:
+            picked = _checked(up.getvalue(), f"your upload {up.name}")
+    elif source == "Draw":
+        picked = _drawing(info, key)
+    else:
+        shot = st.camera_input("Take a photo", key=f"{key}_camera")
+        if shot is not None:
+            picked = _checked(shot.getvalue(), "your photo")
+    if picked is not None:
+        st.session_state[last_key] = picked
+    return st.session_state.get(last_key)
+
+
+def _pick_test(info: DatasetInfo, wanted: str, seed: int) -> PickedImage | None:
+    try:
+        split = state.dataset(info.name, train=False)
+    except DatasetError as e:
+        st.warning(str(e))
+        return None
+    candidates = torch.arange(len(split))
+    if wanted != "any":
+        candidates = (split.y == info.class_names.index(wanted)).nonzero().squeeze(1)
+    g = torch.Generator().manual_seed(seed)
+    index = int(candidates[torch.randint(len(candidates), (1,), generator=g)])
+    return _picked(_png(split.x[index]), f"test image #{index} (a {info.class_names[int(split.y[index])]})")
+
+
+def _checked(data: bytes, label: str) -> PickedImage | None:
+    """The upload if it is a usable image; else one friendly message, and the last good image stays."""
+    try:
+        images.load(data)
+    except images.ImageError as e:
+        st.error(f"{e} The last good image is still shown below.", icon=":material/broken_image:")
+        return None
+    return _picked(data, label)
+
+
+def _drawing(info: DatasetInfo, key: str) -> PickedImage | None:
+    """Paint pixels with the mouse: lasso or box-select cells of a grid (no extra component needed)."""
+    import plotly.graph_objects as go
+
+    n = info.size
+    ink: set[int] = st.session_state.setdefault(f"{key}_ink", set())
+    c = st.columns([3, 1])
+    if c[1].button("Clear", icon=":material/ink_eraser:", key=f"{key}_clear"):
+        ink.clear()
+        st.session_state.pop(f"{key}_canvas", None)
+    c[1].caption("Drag a lasso (or a box) over the grid to paint those cells; each stroke adds ink.")
+    rows, cols = divmod(torch.arange(n * n), n)
+    painted = [i in ink for i in range(n * n)]
+    fig = go.Figure(go.Scatter(
+        x=cols.tolist(), y=rows.tolist(), mode="markers", hoverinfo="none",
+        marker=dict(symbol="square", size=max(4, 300 // n - 1), color=["black" if p else "#e8e8e8" for p in painted]),
+    ))
+    fig.update_layout(width=340, height=340, margin=dict(l=0, r=0, t=0, b=0), dragmode="lasso", showlegend=False,
+                      xaxis=dict(visible=False, range=[-1, n]), yaxis=dict(visible=False, range=[n, -1]),
+                      plot_bgcolor="white")
+    with c[0]:
+        event = st.plotly_chart(fig, on_select="rerun", selection_mode=("lasso", "box"), key=f"{key}_canvas")
+    selected = set(event.selection.point_indices) if event and event.selection else set()
+    if selected - ink:
+        ink |= selected
+        st.rerun()
+    if not ink:
+        return None
+    arr = torch.full((n * n,), 255, dtype=torch.uint8)
+    arr[list(ink)] = 0
+    buf = io.BytesIO()
+    Image.fromarray(arr.view(n, n).numpy(), "L").save(buf, format="PNG")
+    return _picked(buf.getvalue(), "your drawing")

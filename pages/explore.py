@@ -1,0 +1,143 @@
+"""Explore: one image through the current model — preprocessing, prediction, filters, feature maps, pooling, Grad-CAM."""
+
+import pandas as pd
+import streamlit as st
+
+from cnnviz import explain, figures, gradcam, images, probe
+from cnnviz.ui import cache, state, widgets
+from cnnviz.ui.cache import figure_png
+
+st.title("Explore an image")
+sm = state.current()
+model, info = sm.ckpt.model, sm.ckpt.info
+st.caption(f"Looking inside {widgets.model_summary(sm)}")
+
+# --- pick -------------------------------------------------------------------------------------------------------
+pick_col, prep_col = st.columns([1, 2], gap="large")
+with pick_col:
+    picked = widgets.image_picker(info, key="explore")
+    with st.expander("Preprocessing options", icon=":material/settings:"):
+        resize = st.radio("Resize", images.RESIZE_POLICIES, horizontal=True, key="explore_resize",
+                          captions=["stretch to a square", "cut the middle square", "add a border"])
+        invert_choice = st.radio("Invert light and dark", ["auto", "on", "off"], horizontal=True,
+                                 key="explore_invert", help="MNIST-like datasets are light strokes on black; "
+                                                            "'auto' inverts dark-on-light pictures to match.")
+if picked is None:
+    st.info("Choose an image on the left to look inside the network.", icon=":material/arrow_back:")
+    st.stop()
+invert = {"auto": None, "on": True, "off": False}[invert_choice]
+ins = cache.inspection(model, sm.model_id, info, picked.data, resize, invert)
+key = (sm.model_id, picked.key, resize, invert_choice)  # everything a view's figure depends on, but its own controls
+
+with prep_col:
+    st.subheader("What the network gets", anchor=False)
+    steps = ins.prepared.steps
+    st.image(figure_png(key + ("steps",), lambda: figures.image_strip([(s.title, s.image) for s in steps])),
+             use_container_width=True)
+    st.caption(explain.preprocessing([s.title.split(" (")[0] for s in steps], info.size, info.channels))
+    st.subheader("Prediction", anchor=False)
+    top = ins.top(info, k=5)
+    st.plotly_chart(figures.topk_bars(ins.probs, info.class_names, k=5), key="explore_topk",
+                    use_container_width=True)
+    st.markdown(explain.prediction(top))
+
+st.caption(f"Image: {picked.label}.")
+tab_f, tab_m, tab_p, tab_g = st.tabs(["Filters", "Feature maps", "Pooling", "Grad-CAM"])
+
+
+def what(text: str) -> None:
+    with st.expander("What am I seeing?", icon=":material/help:", expanded=True):
+        st.markdown(text)
+
+
+def show(png: bytes, name: str, dl_key: str) -> None:
+    st.image(png, use_container_width=True)
+    st.download_button("Download PNG", png, file_name=f"{name}.png", mime="image/png", key=dl_key,
+                       icon=":material/download:")
+
+
+# --- filters ----------------------------------------------------------------------------------------------------
+with tab_f:
+    weights = probe.filters(model)
+    conv_names = list(weights)
+    layer = st.selectbox("Conv layer", conv_names, key="explore_filter_layer")
+    w = weights[layer]
+    first = layer == conv_names[0]
+    what(explain.filters(layer, tuple(w.shape), first))
+    c1, c2 = st.columns([2, 1])
+    with c1:
+        show(figure_png((sm.model_id, "filters", layer), lambda: figures.filter_grid(w, title=f"{layer}: "
+             f"{w.shape[0]} filters of {w.shape[2]}×{w.shape[3]}")), f"filters-{layer}", "dl_filters")
+    with c2:
+        f = st.number_input("Enlarge filter #", 0, w.shape[0] - 1, 0, key="explore_filter_index")
+        st.image(figure_png((sm.model_id, "filter", layer, f), lambda: figures.filter_image(w[f])),
+                 use_container_width=True)
+        st.caption(f"Filter #{f} of {layer}, one panel per input channel, with its weights written in. Red weights "
+                   "add where the input is bright, blue ones subtract.")
+
+# --- feature maps -----------------------------------------------------------------------------------------------
+with tab_m:
+    map_layers = [n for n, r in ins.records.items() if r.output.ndim == 4]
+    layer = st.select_slider("Layer (slide to walk through the network in order)", map_layers,
+                             value=map_layers[0], key="explore_map_layer")
+    rec = ins.records[layer]
+    maps = rec.output[0]
+    what(explain.feature_maps(rec, map_layers.index(layer) + 1, len(map_layers)))
+    channel = st.number_input("Look closer at channel #", 0, maps.shape[0] - 1, 0, key="explore_channel")
+    c1, c2 = st.columns([2, 1])
+    with c1:
+        show(figure_png(key + ("maps", layer, channel), lambda: figures.feature_grid(
+            maps, title=f"{layer}: {explain.shape_words(tuple(maps.shape))}", highlight=channel)),
+             f"feature-maps-{layer}", "dl_maps")
+    with c2:
+        st.image(figure_png(key + ("map", layer, channel), lambda: figures.image_strip(
+            [("What the network sees", ins.prepared.display),
+             (f"{layer} #{channel}", figures.map_image(maps[channel]))])), use_container_width=True)
+        stats = probe.channel_stats(maps)
+        st.caption(f"Channel #{channel}: mean {stats['mean'][channel]:.2f}, max {stats['max'][channel]:.2f}, "
+                   f"active (> 0) on {stats['frac_active'][channel]:.0%} of its cells.")
+    st.markdown("**Activation statistics per channel**")
+    st.bar_chart(pd.DataFrame({"mean": stats["mean"].tolist(), "max": stats["max"].tolist()}), height=220,
+                 x_label="channel", y_label="activation", stack=False)
+
+# --- pooling ----------------------------------------------------------------------------------------------------
+with tab_p:
+    pairs = {p.name: p for p in probe.pooling_pairs(ins.records)}
+    if not pairs:
+        st.info("This model has no pooling layers.")
+    else:
+        name = st.selectbox("Pooling layer", list(pairs), key="explore_pool_layer")
+        pair = pairs[name]
+        what(explain.pooling(pair))
+        ch = st.number_input("Channel #", 0, pair.input.shape[0] - 1, 0, key="explore_pool_channel")
+        show(figure_png(key + ("pool", name, ch), lambda: figures.pooling_pair(pair, ch)), f"pooling-{name}",
+             "dl_pool")
+
+# --- Grad-CAM ---------------------------------------------------------------------------------------------------
+with tab_g:
+    cam_layers = [n for n, r in ins.records.items() if r.output.ndim == 4]
+    default = gradcam.default_layer(model)
+    c = st.columns(4)
+    method = c[0].radio("Method", list(gradcam.METHODS), key="explore_cam_method",
+                        format_func={"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "saliency": "Saliency"}.get)
+    layer = c[1].selectbox("Layer", cam_layers, index=cam_layers.index(default) if default in cam_layers else 0,
+                           key="explore_cam_layer", disabled=method == "saliency")
+    predicted = int(ins.probs.argmax())
+    target = c[2].selectbox("Class", range(info.num_classes), index=predicted, key="explore_cam_class",
+                            format_func=lambda i: info.class_names[i] + (" (predicted)" if i == predicted else ""))
+    alpha = c[3].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="explore_cam_alpha")
+    res = cache.cam(model, sm.model_id, ins.x, picked.key + resize + invert_choice, layer, target, method)
+    what(explain.gradcam(method, layer, info.class_names[target], res.score))
+    show(figure_png(key + ("cam", layer, target, method, alpha), lambda: figures.overlay(
+        ins.prepared.display, res.heatmap, alpha=alpha, title=f"Why '{info.class_names[target]}'?")),
+         "gradcam", "dl_cam")
+    st.markdown("**Why one class and not another?**")
+    others = [i for i in range(info.num_classes) if i != target]
+    runner = int(ins.probs.argsort(descending=True)[1]) if target == predicted else predicted
+    other = st.selectbox("Compare with", others, index=others.index(runner), key="explore_cam_other",
+                         format_func=lambda i: info.class_names[i])
+    res_b = cache.cam(model, sm.model_id, ins.x, picked.key + resize + invert_choice, layer, other, method)
+    cols = st.columns(2)
+    for col, r, cls in ((cols[0], res, target), (cols[1], res_b, other)):
+        col.image(figures.overlay_image(ins.prepared.display, r.heatmap, alpha), use_container_width=True,
+                  caption=f"Evidence for '{info.class_names[cls]}' (score {r.score:.2f})")

@@ -1,0 +1,164 @@
+"""Train: choose data, architecture and settings; watch the model learn live; keep, save or load it."""
+
+import pandas as pd
+import streamlit as st
+
+from cnnviz import data, figures, models, train
+from cnnviz.data import DatasetError
+from cnnviz.ui import jobs, state, widgets
+
+st.title("Train a CNN")
+st.caption("Pick a dataset and an architecture, press **Train**, and watch the network learn. Training goes on "
+           "while you visit other pages.")
+
+# --- 1. Data -----------------------------------------------------------------------------------------------------
+st.header("1 · Data", divider="gray", anchor=False)
+names = list(data.DATASETS)
+ds_name = st.selectbox("Dataset", names, format_func=lambda n: data.DATASETS[n].title, key="train_dataset",
+                       index=names.index(st.query_params.get("dataset", "shapes"))
+                       if st.query_params.get("dataset") in names else 0)
+info = data.info(ds_name)
+st.caption(f"{info.description} Classes: {', '.join(info.class_names)}.")
+try:
+    train_split = state.dataset(ds_name, train=True)
+    test_split = state.dataset(ds_name, train=False)
+except DatasetError as e:
+    st.error(str(e), icon=":material/cloud_off:")
+    st.stop()
+sample = train_split.subset(16, seed=1)
+st.pyplot(figures.sample_grid(sample.x, [info.class_names[int(y)] for y in sample.y], cols=16,
+                              title=f"Training images ({len(train_split):,} in all, {len(test_split):,} to test)"))
+sizes = {"all": len(train_split), **{f"{n:,}": n for n in (200, 1000, 5000) if n < len(train_split)}}
+n_train = st.select_slider("Training images to use", list(sizes), value="all", key="train_size",
+                           help="Fewer images train faster, and very few show overfitting: perfect on the "
+                                "training images, worse on new ones.")
+
+# --- 2. Architecture ---------------------------------------------------------------------------------------------
+st.header("2 · Architecture", divider="gray", anchor=False)
+preset = st.radio("Preset", list(models.PRESETS), horizontal=True, key="train_preset",
+                  captions=[p["description"] for p in models.PRESETS.values()])
+spec = models.preset(preset, info.channels, info.size, info.num_classes)
+with st.expander("Edit the conv blocks", icon=":material/tune:"):
+    st.caption("Each row is one block: convolution → (batchnorm) → activation → (pooling) → (dropout).")
+    edited = st.data_editor(
+        pd.DataFrame([b.__dict__ for b in spec.blocks]), num_rows="dynamic", key=f"blocks_{preset}_{ds_name}",
+        column_config={
+            "channels": st.column_config.NumberColumn("channels", min_value=1, max_value=256, step=1, default=16),
+            "kernel": st.column_config.NumberColumn("kernel", min_value=1, max_value=11, step=1, default=3),
+            "padding": st.column_config.NumberColumn("padding", min_value=0, max_value=5, step=1, default=1),
+            "stride": st.column_config.NumberColumn("stride", min_value=1, max_value=4, step=1, default=1),
+            "activation": st.column_config.SelectboxColumn("activation", options=list(models.ACTIVATIONS),
+                                                           default="relu"),
+            "pool": st.column_config.SelectboxColumn("pool", options=list(models.POOLS), default="max"),
+            "pool_size": st.column_config.NumberColumn("pool size", min_value=2, max_value=4, step=1, default=2),
+            "batchnorm": st.column_config.CheckboxColumn("batchnorm", default=False),
+            "dropout": st.column_config.NumberColumn("dropout", min_value=0.0, max_value=0.9, step=0.05, default=0.0),
+        },
+    )
+try:
+    blocks = [models.ConvBlock(**{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+              for row in edited.dropna().to_dict("records")]
+    spec.blocks = blocks
+    rows = models.summary(spec)
+except (models.SpecError, TypeError, ValueError) as e:
+    st.error(f"This architecture cannot work: {e}", icon=":material/block:")
+    st.stop()
+total_params = sum(r.params for r in rows)
+st.dataframe(pd.DataFrame([{"layer": r.name, "type": r.kind, "output shape": " × ".join(map(str, r.output_shape)),
+                            "parameters": r.params} for r in rows]), hide_index=True, height=220)
+st.caption(f"**{total_params:,} parameters** to learn. Each conv layer's output shape is channels × height × width.")
+
+# --- 3. Settings and training ------------------------------------------------------------------------------------
+st.header("3 · Train", divider="gray", anchor=False)
+c = st.columns(6)
+epochs = c[0].number_input("Epochs", 1, 50, 2, key="train_epochs",
+                           help="Passes over the training images (small sets get more steps so they still learn).")
+batch = c[1].selectbox("Batch size", [32, 64, 128, 256], index=2, key="train_batch")
+lr = c[2].select_slider("Learning rate", [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0], 0.005,
+                        key="train_lr", help="The peak of a one-cycle schedule. Very high values make training "
+                                             "diverge — try 2.0 to see what that looks like.")
+optimizer = c[3].selectbox("Optimiser", train.OPTIMIZERS, key="train_opt")
+seed = c[4].number_input("Seed", 0, 10_000, 0, key="train_seed")
+augment = c[5].toggle("Augment", key="train_augment", help="Random small shifts, turns and zooms of each image.")
+config = train.TrainConfig(epochs=int(epochs), batch_size=batch, lr=lr, optimizer=optimizer, seed=int(seed),
+                           augment=augment)
+
+job: jobs.TrainingJob | None = st.session_state.get("job")
+running = job is not None and job.snapshot().active
+b = st.columns([1, 1, 4])
+if b[0].button("Train", type="primary", icon=":material/play_arrow:", disabled=running, key="train_start"):
+    if not running:  # a second click while a job runs never starts a second job
+        subset = train_split.subset(sizes[n_train], seed=int(seed))
+        st.session_state.job = jobs.TrainingJob(spec, subset, test_split, config).start()
+        st.session_state.job_adopted = False
+        running = True
+if b[1].button("Stop", icon=":material/stop:", disabled=not running, key="train_stop"):
+    st.session_state.job.stop()
+
+
+@st.fragment(run_every=1.0 if running else None)
+def live() -> None:
+    job = st.session_state.get("job")
+    if job is None:
+        st.info("Press **Train** to start. A shapes model trains in about 15 seconds.", icon=":material/info:")
+        return
+    snap = job.snapshot()
+    frac = snap.step / max(1, snap.total_steps)
+    if snap.status == "queued":
+        st.progress(0.0, text=snap.message or "Starting…")
+    else:
+        st.progress(frac, text=f"Step {snap.step} / {snap.total_steps} · {snap.images_per_s:,.0f} images/s · "
+                               f"{snap.elapsed:.0f} s elapsed" + (f" · about {snap.eta:.0f} s left"
+                                                                   if snap.active else ""))
+    if snap.status in ("diverged", "failed"):
+        st.error(snap.message, icon=":material/warning:")
+    elif snap.status in ("finished", "stopped"):
+        st.success(snap.message, icon=":material/check_circle:")
+    left, right = st.columns([3, 2])
+    left.plotly_chart(figures.training_curves(snap.history), key="curves", use_container_width=True)
+    if snap.filters is not None:
+        right.pyplot(figures.filter_grid(snap.filters, title=f"First-layer filters at step {snap.step}"))
+        right.caption("Each square is one filter of the first layer. They start as random noise and turn into "
+                      "edge, spot and colour detectors as the network learns.")
+    if snap.result is not None and not st.session_state.get("job_adopted"):
+        st.session_state.job_adopted = True
+        state.set_current(snap.result, "trained here")
+        st.rerun()  # the whole page: results below and the sidebar show the new model
+    if not snap.active and running:
+        st.rerun()  # stop polling
+
+
+live()
+
+# --- 4. Results --------------------------------------------------------------------------------------------------
+job = st.session_state.get("job")
+snap = job.snapshot() if job is not None else None
+if snap is not None and snap.evaluation is not None and snap.result is not None:
+    ev, ck = snap.evaluation, snap.result
+    names_ = ck.info.class_names
+    st.header("4 · Results", divider="gray", anchor=False)
+    m = st.columns(3)
+    m[0].metric("Test accuracy", f"{ev.accuracy:.1%}")
+    m[1].metric("Mistakes", f"{len(ev.mistakes):,} of {len(ev.predictions):,}")
+    m[2].metric("Training time", f"{ck.history.seconds:.1f} s")
+    r = st.columns(2)
+    r[0].plotly_chart(figures.per_class_bars(ev.per_class, names_), key="per_class", use_container_width=True)
+    r[1].plotly_chart(figures.confusion_matrix(ev.confusion, names_), key="confusion", use_container_width=True)
+    st.caption("The confusion matrix counts test images by true class (rows) and predicted class (columns): the "
+               "diagonal is right, everything else is a mistake. Hover over a cell for the count.")
+    if len(ev.mistakes):
+        idx = ev.mistakes[:16]
+        split = state.dataset(ck.dataset, train=False)
+        st.pyplot(figures.sample_grid(split.x[idx], [f"true {names_[int(split.y[i])]}\npred {names_[int(ev.predictions[i])]}"
+                                                      for i in idx], cols=8,
+                                      title="The most confident mistakes"))
+
+# --- 5. Save and load --------------------------------------------------------------------------------------------
+st.header("Save or load a model", divider="gray", anchor=False)
+s = st.columns(2)
+with s[0]:
+    sm = state.current()
+    st.markdown(widgets.model_summary(sm))
+    widgets.save_button(sm)
+with s[1]:
+    widgets.model_loader()
