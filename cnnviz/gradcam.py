@@ -1,0 +1,226 @@
+"""Class activation maps: where in the image a model finds its evidence for a class.
+
+One pipeline, as pytorch-grad-cam's ``BaseCAM``: hook one layer, forward, backpropagate the target's score, turn the
+layer's activations and gradients into a map, ReLU, upsample to the input size, scale to [0, 1]. The methods differ
+only in that one mapping step (``METHODS``); adding a method means adding one small function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from numbers import Integral
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnnviz import probe
+
+Target = int | Callable[[Tensor], Tensor]  # a class index, or logits (1, K) → scalar score
+
+# Kinds of layer whose output is usually a (N, C, h, w) map; named in error messages.
+_MAP_KINDS = ("conv", "activation", "pool", "norm")
+
+
+@dataclass
+class CamResult:
+    """One map for one image; tensors live on the model's device."""
+
+    heatmap: Tensor  # (H, W) float in [0, 1] at input resolution; all zeros when nothing speaks for the target
+    raw: Tensor  # (h, w) at the layer's resolution, after the ReLU, before upsampling and scaling
+    target: int | None  # the class index used; None when a callable target chose the score
+    layer: str  # the layer's name, or "input" for methods that read the image itself
+    method: str
+    score: float  # the target's pre-softmax score (the logit y^c)
+
+
+def _gradcam_weights(activations: Tensor, gradients: Tensor) -> Tensor:
+    """Grad-CAM channel weights (C,): spatial mean of dy^c/dA^k (Selvaraju et al. 2017, eq. 1)."""
+    return gradients.mean(dim=(1, 2))
+
+
+def _gradcam_pp_weights(activations: Tensor, gradients: Tensor) -> Tensor:
+    """Grad-CAM++ channel weights (C,) (Chattopadhay et al. 2018, eq. 19).
+
+    The closed form for an exponential output Y = exp(S) writes the 2nd and 3rd derivatives as powers of the first;
+    as in pytorch-grad-cam we use those powers of dS/dA directly, without the exp.
+    """
+    g2 = gradients.pow(2)
+    g3 = g2 * gradients
+    total = activations.sum(dim=(1, 2), keepdim=True)  # (C, 1, 1)
+    alpha = g2 / (2 * g2 + total * g3 + 1e-6)
+    # Where the gradient is 0 the cell has no say; the formula's 0/0 there is noise.
+    alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
+    return (alpha * gradients.clamp(min=0)).sum(dim=(1, 2))
+
+
+def _channel_weighted(weights: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """A CAM from a channel-weighting rule: sum_k w_k A^k, (C, h, w) → (h, w)."""
+
+    def cam(activations: Tensor, gradients: Tensor) -> Tensor:
+        return torch.einsum("c,chw->hw", weights(activations, gradients), activations)
+
+    return cam
+
+
+def _saliency(activations: Tensor, gradients: Tensor) -> Tensor:
+    """Saliency map (H, W): |dy^c/dx| maximised over colour channels (Simonyan et al. 2014, sec. 3.1)."""
+    return gradients.abs().amax(dim=0)
+
+
+@dataclass(frozen=True)
+class Method:
+    """How one method turns activations and gradients (C, h, w) into a map (h, w)."""
+
+    map: Callable[[Tensor, Tensor], Tensor]
+    on_input: bool = False  # reads the input image instead of a layer
+
+
+METHODS: dict[str, Method] = {
+    "gradcam": Method(_channel_weighted(_gradcam_weights)),
+    "gradcam++": Method(_channel_weighted(_gradcam_pp_weights)),
+    "saliency": Method(_saliency, on_input=True),
+}
+
+
+def default_layer(model: nn.Module) -> str:
+    """The layer Grad-CAM looks at unless told otherwise: the last ``Conv2d``, after its activation where simple.
+
+    When the last conv sits in an ``nn.Sequential`` (whose order is its execution order) and is followed there by
+    norm/activation layers, the last of those activations is returned (``conv3 → bn3 → relu3`` gives ``relu3``):
+    the paper's maps are the last conv layer's rectified features. Otherwise (torchvision's ResNet, whose blocks
+    reuse one ReLU) it is the conv itself.
+    """
+    convs = probe.layer_names(model, "conv")
+    if not convs:
+        raise ValueError(f"{type(model).__name__} has no Conv2d layer; pass layer= explicitly")
+    last = convs[-1]
+    parent_path, _, child = last.rpartition(".")
+    parent = probe.get_module(model, parent_path)
+    if not isinstance(parent, nn.Sequential):
+        return last
+    prefix = f"{parent_path}." if parent_path else ""
+    children = list(parent.named_children())
+    after = [name for name, _ in children].index(child) + 1
+    chosen = last
+    for name, module in children[after:]:
+        kind = probe.kind_of(module)
+        if kind not in ("norm", "activation"):
+            break
+        if kind == "activation":
+            chosen = prefix + name
+    return chosen
+
+
+def compute(
+    model: nn.Module,
+    x: Tensor,
+    layer: str | None = None,
+    target: Target | None = None,
+    method: str = "gradcam",
+) -> CamResult:
+    """Class activation map of ``x`` (1, C, H, W) for ``target`` at ``layer``, in eval mode.
+
+    Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+    Localization"): ReLU(sum_k alpha_k A^k) with alpha_k the spatial mean of dy^c/dA^k, y^c the pre-softmax score.
+    Grad-CAM++ (Chattopadhay et al. 2018) weights the channels by positive gradients instead. Saliency (Simonyan et
+    al. 2014, "Deep Inside Convolutional Networks") is |dy^c/dx|, max over channels; it ignores ``layer``.
+
+    Args:
+        model: any classifier returning logits (1, K).
+        x: one image (1, C, H, W), float; neither it nor the model is changed (mode, hooks, grads, requires_grad).
+        layer: a module path (``"layer4.1.conv2"``), ``"path#k"`` for its k-th call, or None for ``default_layer``.
+            Its output must be a (1, C, h, w) map.
+        target: a class index, a callable logits (1, K) → scalar score, or None for the predicted class.
+        method: a key of ``METHODS``.
+
+    Returns:
+        ``CamResult`` with ``heatmap`` (H, W) in [0, 1] and ``raw`` (h, w).
+    """
+    if method not in METHODS:
+        raise ValueError(f"expected method in {sorted(METHODS)}, got {method!r}")
+    if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[0] != 1 or not x.is_floating_point():
+        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"expected one float image (1, C, H, W), got {got}")
+    spec = METHODS[method]
+    layer = "input" if spec.on_input else (layer or default_layer(model))
+    module, call = (None, 0) if spec.on_input else _map_layer(model, layer)
+
+    # Our own leaf copy: gradients flow to it, never to the caller's tensor, and no parameter .grad is touched
+    # because only this tensor is asked for (autograd.grad, not backward).
+    image = x.detach().to(probe.device_of(model), copy=True).requires_grad_(True)
+    captured: dict[str, Tensor] = {}
+    calls = 0
+
+    def hook(hooked: nn.Module, args: tuple, output: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls != call:
+            return
+        if not isinstance(output, Tensor) or output.ndim != 4:
+            got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(f"layer {layer!r} outputs {got}; a CAM needs a (N, C, h, w) map: {_map_names(model)}")
+        # Copies: a later in-place layer (ReLU(inplace=True)) would overwrite the tensor itself. A tensor hook
+        # rather than a module backward hook (pytorch/pytorch#61519); it sees the gradient before any in-place op.
+        captured["activations"] = output.detach().clone()
+        output.register_hook(lambda grad: captured.__setitem__("gradients", grad.detach().clone()))
+
+    handle = module.register_forward_hook(hook) if module is not None else None
+    try:
+        with probe.evaluating(model), torch.enable_grad():
+            logits = model(image)
+            if not isinstance(logits, Tensor) or logits.ndim != 2:
+                raise ValueError("expected the model to return logits (1, num_classes)")
+            score, index = _score(logits, target)
+            if module is not None and "activations" not in captured:
+                raise ValueError(f"layer {layer!r} was called {calls} time(s) in the forward pass, not {call}")
+            (input_grad,) = torch.autograd.grad(score, image)
+    finally:
+        if handle is not None:
+            handle.remove()
+
+    if spec.on_input:
+        activations, gradients = image.detach()[0], input_grad[0]
+    elif "gradients" not in captured:
+        raise ValueError(f"layer {layer!r} does not lead to the model's output")
+    else:
+        activations, gradients = captured["activations"][0], captured["gradients"][0]
+    # ReLU: keep only what speaks for the class (Selvaraju et al. 2017, eq. 2).
+    raw = spec.map(activations, gradients).clamp(min=0)  # (h, w)
+    heatmap = F.interpolate(raw[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    peak = heatmap.max()
+    heatmap = heatmap / peak if peak > 0 else torch.zeros_like(heatmap)
+    return CamResult(heatmap=heatmap, raw=raw, target=index, layer=layer, method=method, score=float(score.detach()))
+
+
+def _score(logits: Tensor, target: Target | None) -> tuple[Tensor, int | None]:
+    """The scalar to explain, and the class index it belongs to (None for a callable target)."""
+    if callable(target):
+        score = target(logits)
+        if not isinstance(score, Tensor) or score.numel() != 1:
+            raise ValueError(f"expected the target callable to return a scalar tensor, got {score!r}")
+        return score.reshape(()), None
+    num_classes = logits.shape[1]
+    if target is None:
+        index = int(logits[0].argmax())
+    elif isinstance(target, Integral) and 0 <= int(target) < num_classes:
+        index = int(target)
+    else:
+        raise ValueError(f"expected a class index in [0, {num_classes}), a callable or None, got {target!r}")
+    return logits[0, index], index
+
+
+def _map_layer(model: nn.Module, name: str) -> tuple[nn.Module, int]:
+    """The module behind a layer name and which of its calls to hook (1 for a plain path)."""
+    path, call = probe.split_name(name)
+    modules = dict(model.named_modules())
+    if path not in modules:
+        raise probe.UnknownLayerError(f"no layer named {name!r}; layers with (N, C, h, w) maps: {_map_names(model)}")
+    return modules[path], call
+
+
+def _map_names(model: nn.Module) -> str:
+    """The leaf layers whose output is usually a map, comma-separated, for error messages."""
+    maps = {name for kind in _MAP_KINDS for name in probe.layer_names(model, kind)}
+    return ", ".join(name for name in probe.layer_names(model) if name in maps)
