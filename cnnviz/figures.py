@@ -1,0 +1,556 @@
+"""Tensors → labelled figures: matplotlib for static pictures (grids, pooling, overlays), plotly for charts.
+
+Matplotlib is used only through its object API (a ``Figure`` on its own Agg canvas), never ``pyplot``: pyplot keeps
+global state, and Streamlit serves every session from threads of one process. Letters are at least 10 pt so a
+figure can be read on a classroom projector. Grids are one ``imshow`` of a ``torchvision.utils.make_grid`` mosaic
+plus text labels, so a layer with hundreds of channels draws as fast as one with four.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+import torch.nn.functional as F
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.collections import PatchCollection
+from matplotlib.colors import Colormap, Normalize
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.patches import Rectangle
+from PIL import Image
+from plotly.subplots import make_subplots
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from cnnviz.data import DatasetInfo, denormalize
+from cnnviz.probe import PoolPair
+from cnnviz.train import History
+
+FONT = 10  # the smallest letters we draw, in points
+TITLE_FONT = 13
+LINE_IN = 0.22  # height of one line of FONT-sized text, in inches, with a little air
+PAD_PX = 1  # gap between the tiles of a mosaic, in pixels of the tiles
+NUMBERS_UP_TO = 7  # filter_image writes the weights into kernels up to this size
+MAX_KERNEL_PANELS = 8  # filter_image shows this many input channels of a filter at most
+DIVERGING = "RdBu_r"  # red = positive, blue = negative, white = 0
+PLOTLY_FONT = 14
+TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#ff7f0e"
+
+
+def feature_grid(
+    maps: Tensor,
+    *,
+    title: str = "",
+    cmap: str = "viridis",
+    shared_scale: bool = True,
+    cols: int | None = None,
+    highlight: int | None = None,
+) -> Figure:
+    """Feature maps ``(C, H, W)`` as one labelled tile per channel ("#0", "#1", …) with a colour bar.
+
+    ``shared_scale`` puts every map on one colour scale (the layer's min to max, in activation values), so
+    brightness can be compared across channels; otherwise each map is stretched to its own min–max, which shows
+    patterns in weak channels. ``highlight`` draws a box around one channel.
+    """
+    maps = _as_float(maps, "(C, H, W)", 3)
+    c, h, w = maps.shape
+    if highlight is not None:
+        _check_index(highlight, c, "highlight")
+    cols = _columns(c, cols)
+    if shared_scale:
+        lo, hi = float(maps.min()), float(maps.max())
+        scaled, vmin, vmax = maps, lo, (hi if hi > lo else lo + 1)  # a constant layer still needs a range
+        detail = "one colour scale for all maps"
+    else:
+        lo, hi = maps.amin(dim=(1, 2), keepdim=True), maps.amax(dim=(1, 2), keepdim=True)
+        scaled, vmin, vmax = (maps - lo) / (hi - lo).clamp_min(1e-12), 0.0, 1.0
+        detail = "each map on its own colour scale: compare patterns, not brightness"
+    tile_in = _tile_inches(cols, smallest=0.5, largest=1.2)
+    fig, ax, corners = _mosaic_figure(
+        scaled[:, None], cols, tile_in, pad_value=float("nan"), extra_w=1.4, extra_h=0.9 + 0.3 * bool(title),
+        cmap=_cmap(cmap, bad="white"), vmin=vmin, vmax=vmax,
+    )
+    _label_tiles(ax, corners, highlight)
+    if highlight is not None:
+        x, y = corners[highlight]
+        ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="red", linewidth=3))
+    bar = fig.colorbar(ax.images[0], ax=ax, shrink=_bar_shrink(fig))
+    if shared_scale:
+        bar.set_label("activation value", fontsize=FONT)
+    else:
+        bar.set_ticks([0, 1], labels=["its min", "its max"])
+        bar.set_label("activation (per map)", fontsize=FONT)
+    _titles(fig, ax, title, f"{c} feature maps of {h}×{w}\n{detail}")
+    return fig
+
+
+def filter_grid(weights: Tensor, *, title: str = "", rgb: bool | None = None) -> Figure:
+    """Conv filters ``(O, I, kh, kw)``: in colour for RGB inputs, else each filter's mean over its inputs.
+
+    RGB (``I == 3`` unless ``rgb=False``): each filter is scaled symmetrically by its own largest ``|weight|`` so
+    that 0 is grey, and a colour means the filter responds to that colour. Other layers: the mean over the input
+    channels on one diverging scale centred on 0 (red positive, blue negative), with a "weight" colour bar.
+    """
+    weights = _as_float(weights, "(O, I, kh, kw)", 4)
+    o, i, kh, kw = weights.shape
+    if rgb is None:
+        rgb = i == 3
+    elif rgb and i != 3:
+        raise ValueError(f"rgb=True needs filters with 3 input channels, got {i}")
+    cols = _columns(o, None)
+    tile_in = _tile_inches(cols, smallest=0.45, largest=0.9)
+    # Enlarged, so that the one-pixel gaps and the label bands are thin beside a 3×3 kernel.
+    zoom = max(1, 12 // max(kh, kw))
+    weights = weights.repeat_interleave(zoom, dim=2).repeat_interleave(zoom, dim=3)
+    if rgb:
+        # Per filter, symmetric around 0: [-m, m] → [0, 1], so a zero weight is mid-grey in every colour.
+        m = weights.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+        fig, ax, corners = _mosaic_figure(weights / (2 * m) + 0.5, cols, tile_in, pad_value=1.0, extra_w=0.4,
+                                          extra_h=0.9 + 0.3 * bool(title))
+        detail = (f"{o} filters of {kh}×{kw} on the red, green and blue inputs, each scaled on its own\n"
+                  "grey = weight 0; a colour = the filter looks for that colour")
+    else:
+        mean = weights.mean(dim=1, keepdim=True)  # (O, 1, kh, kw)
+        m = float(mean.abs().max()) or 1.0
+        fig, ax, corners = _mosaic_figure(
+            mean, cols, tile_in, pad_value=float("nan"), extra_w=1.4, extra_h=0.9 + 0.3 * bool(title),
+            cmap=_cmap(DIVERGING, bad="white"), vmin=-m, vmax=m,
+        )
+        fig.colorbar(ax.images[0], ax=ax, shrink=_bar_shrink(fig)).set_label("weight", fontsize=FONT)
+        averaged = f"averaged over its {i} input channels" if i > 1 else "on its single input channel"
+        detail = f"{o} filters of {kh}×{kw}, each {averaged}\nred = positive, blue = negative weights"
+    # Frames: a kernel's near-zero (white) edge would otherwise melt into the white background.
+    frames = [Rectangle((x - 0.5, y - 0.5), kw * zoom, kh * zoom) for x, y in corners]
+    ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="0.6", linewidth=0.8))
+    _label_tiles(ax, corners)
+    _titles(fig, ax, title, detail)
+    return fig
+
+
+def filter_image(weight: Tensor) -> Figure:
+    """One filter ``(I, kh, kw)`` or kernel ``(kh, kw)`` enlarged, its weights written in the cells (up to 7×7).
+
+    Shows each input channel's kernel (the first 8 when there are more) on one diverging scale centred on 0.
+    """
+    weight = _as_float(weight, "(I, kh, kw) or (kh, kw)", (2, 3))
+    kernels = weight[None] if weight.ndim == 2 else weight
+    n_in, kh, kw = kernels.shape
+    shown = kernels[:MAX_KERNEL_PANELS]
+    cols = min(len(shown), 4)
+    rows = math.ceil(len(shown) / cols)
+    panel_in = max(2.6, 0.45 * max(kh, kw))
+    fig = _figure(cols * panel_in + 1.2, rows * panel_in + 0.9)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    m = float(shown.abs().max()) or 1.0
+    decimals = max(2, 1 - math.floor(math.log10(m)))  # enough digits that the largest weight is not "0.00"
+    for n, ax in enumerate(axes):
+        if n >= len(shown):
+            ax.set_visible(False)
+            continue
+        image = ax.imshow(shown[n].numpy(), cmap=DIVERGING, vmin=-m, vmax=m, interpolation="nearest")
+        _no_ticks(ax)
+        if weight.ndim == 3:
+            ax.set_title(f"input channel {n}", fontsize=FONT + 1)
+        if max(kh, kw) <= NUMBERS_UP_TO:
+            for (r, c), v in np.ndenumerate(shown[n].numpy()):
+                text = f"{v:.{decimals}f}"
+                ax.text(c, r, text if float(text) else f"{0:.{decimals}f}", ha="center", va="center", fontsize=FONT,
+                        color="white" if abs(v) > 0.55 * m else "black")  # white only on the dark ends
+    fig.colorbar(image, ax=axes[: len(shown)].tolist(), shrink=0.8).set_label("weight", fontsize=FONT)
+    if weight.ndim == 2:
+        heading = f"Kernel {kh}×{kw}"
+    else:
+        heading = f"Filter: {n_in} input channel{'s' * (n_in > 1)} × {kh}×{kw} = {n_in * kh * kw} weights"
+        if n_in > len(shown):
+            heading += f" (first {len(shown)} shown)"
+    fig.suptitle(heading, fontsize=TITLE_FONT)
+    return fig
+
+
+def pooling_pair(pair: PoolPair, channel: int, *, title: str = "") -> Figure:
+    """One channel of a pooling step: input (left, with its windows and max-pool winners) and output (right).
+
+    Both on one colour scale. Windows are drawn every ``stride`` cells, with the stride inferred from the sizes.
+    """
+    _check_index(channel, pair.input.shape[0], "channel")
+    fig = _figure(9.5, 5.2)
+    ax_in, ax_out = fig.subplots(1, 2)
+    image = _draw_pooling(ax_in, ax_out, pair, channel, panel_in=4.0)
+    fig.colorbar(image, ax=[ax_in, ax_out], shrink=0.8).set_label("activation value", fontsize=FONT)
+    heading = title or f"{pair.name}, channel #{channel}"
+    fig.suptitle(f"{heading}\n{_reduction(pair)}", fontsize=TITLE_FONT)
+    return fig
+
+
+def pooling_pairs_grid(pair: PoolPair, channels: Sequence[int], *, title: str = "") -> Figure:
+    """Several channels of one pooling step, one row (input, output) per channel, each row on its own scale."""
+    if not channels:
+        raise ValueError("expected at least one channel")
+    for channel in channels:
+        _check_index(channel, pair.input.shape[0], "channel")
+    fig = _figure(8.0, 3.2 * len(channels) + 0.8)
+    for row, channel in zip(fig.subplots(len(channels), 2, squeeze=False), channels):
+        image = _draw_pooling(row[0], row[1], pair, channel, panel_in=3.0, label=f"#{channel} ")
+        fig.colorbar(image, ax=row.tolist(), shrink=0.8).set_label("activation", fontsize=FONT)
+    fig.suptitle(f"{title or pair.name}\n{_reduction(pair)}", fontsize=TITLE_FONT)
+    return fig
+
+
+def overlay_image(
+    image: Tensor | Image.Image, heatmap: Tensor, alpha: float = 0.5, cmap: str = "jet"
+) -> Image.Image:
+    """RGB blend ``(1 - alpha) · image + alpha · cmap(heatmap)`` at the image's resolution.
+
+    ``image``: ``(C, H, W)`` in [0, 1] (C = 1 or 3) or a PIL image; ``heatmap``: ``(h, w)`` in [0, 1], resized
+    bilinearly to the image's size when it differs. Greyscale images stay grey under the heatmap.
+    """
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"expected alpha in [0, 1], got {alpha}")
+    rgb = _rgb_array(image)  # (H, W, 3) in [0, 1]
+    heat = _as_float(heatmap, "(H, W)", 2)
+    if heat.shape != rgb.shape[:2]:
+        heat = F.interpolate(heat[None, None], size=rgb.shape[:2], mode="bilinear", align_corners=False)[0, 0]
+    coloured = colormaps[cmap](heat.clamp(0, 1).numpy())[..., :3]
+    blend = (1 - alpha) * rgb + alpha * coloured
+    return Image.fromarray(np.rint(blend * 255).astype(np.uint8))  # (H, W, 3) uint8 → an RGB image
+
+
+def overlay(
+    image: Tensor | Image.Image, heatmap: Tensor, *, alpha: float = 0.5, cmap: str = "jet", title: str = ""
+) -> Figure:
+    """The image with ``heatmap`` (H, W) in [0, 1] blended on top and an "importance" colour bar; see overlay_image."""
+    blend = overlay_image(image, heatmap, alpha, cmap)
+    fig = _figure(5.6, 4.8 + 0.3 * bool(title))
+    ax = fig.subplots()
+    ax.imshow(np.asarray(blend), interpolation="nearest")
+    _no_ticks(ax)
+    bar = fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap=cmap), ax=ax, shrink=0.85)
+    bar.set_label("importance (0 = none, 1 = most)", fontsize=FONT)
+    if title:
+        ax.set_title(title, fontsize=TITLE_FONT)
+    return fig
+
+
+def image_strip(images: Sequence[tuple[str, Image.Image]]) -> Figure:
+    """Titled PIL images side by side (e.g. preprocessing steps); tiny images are enlarged without blurring."""
+    if not images:
+        raise ValueError("expected at least one (title, image) pair")
+    fig = _figure(2.8 * len(images), 3.4)
+    for ax, (title, image) in zip(fig.subplots(1, len(images), squeeze=False)[0], images):
+        if image.mode == "L":
+            # A fixed 0–255 range: autoscaling would stretch a faint image and hide how faint it is.
+            ax.imshow(np.asarray(image), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(np.asarray(image.convert("RGB")), interpolation="nearest")
+        _no_ticks(ax)
+        ax.set_title(title, fontsize=FONT + 1, wrap=True)
+    return fig
+
+
+def sample_grid(x: Tensor, labels: Sequence[str], *, cols: int = 8, title: str = "") -> Figure:
+    """Images uint8 ``(N, C, H, W)`` in a grid, each with its label under it (labels may hold ``"\\n"``)."""
+    if not isinstance(x, Tensor) or x.ndim != 4 or x.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 (N, C, H, W) tensor, got {_describe(x)}")
+    if len(labels) != len(x):
+        raise ValueError(f"expected one label per image ({len(x)}), got {len(labels)}")
+    if cols < 1:
+        raise ValueError(f"expected cols >= 1, got {cols}")
+    n, _, h, w = x.shape
+    cols = min(cols, n)
+    lines = max(label.count("\n") + 1 for label in labels)
+    longest = max(len(line) for label in labels for line in label.split("\n"))
+    # Wide enough for the longest label line (about 0.085 in per character at 10 pt), so neighbours never touch.
+    tile_in = max(_tile_inches(cols, smallest=0.9, largest=1.5), 0.085 * longest + 0.15)
+    fig, ax, corners = _mosaic_figure(x.detach().cpu(), cols, tile_in, pad_value=255, lines=lines, below=True,
+                                      extra_w=0.3, extra_h=0.3 + 0.4 * bool(title))
+    for (cx, cy), label in zip(corners, labels):
+        ax.text(cx - 0.5 + w / 2, cy - 0.5 + h, label, ha="center", va="top", fontsize=FONT)
+    if title:
+        ax.set_title(title, fontsize=TITLE_FONT)
+    return fig
+
+
+def input_image(x: Tensor, info: DatasetInfo) -> Tensor:
+    """A normalised model input ``(1, C, H, W)`` → the image ``(C, H, W)`` in [0, 1]."""
+    if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"expected a (1, C, H, W) tensor, got {_describe(x)}")
+    return denormalize(x.detach().cpu().float(), info)[0]
+
+
+def to_png(fig: Figure, dpi: int = 120) -> bytes:
+    """A matplotlib figure as PNG bytes (tight bounding box), e.g. for a download button."""
+    if not isinstance(fig, Figure):
+        # Plotly's PNG export needs kaleido, which we do not ship; its toolbar has a download button instead.
+        raise TypeError(f"expected a matplotlib Figure, got {type(fig).__name__}")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def topk_bars(probs: Tensor, class_names: Sequence[str], k: int = 5) -> go.Figure:
+    """The ``k`` most probable classes of ``probs`` (K,) in [0, 1] as horizontal bars, highest on top, in %."""
+    probs = _as_float(probs, "(K,)", 1)
+    if len(class_names) != len(probs):
+        raise ValueError(f"expected {len(probs)} class names, got {len(class_names)}")
+    if k < 1:
+        raise ValueError(f"expected k >= 1, got {k}")
+    top = probs.topk(min(k, len(probs)))
+    names = [class_names[i] for i in top.indices.tolist()]
+    percent = [100 * p for p in top.values.tolist()]
+    fig = go.Figure(go.Bar(
+        x=percent, y=names, orientation="h", text=[f"{p:.1f} %" for p in percent], textposition="auto",
+        marker_color=TRAIN_COLOUR, hovertemplate="%{y}: %{x:.1f} %<extra></extra>",
+    ))
+    # Category axis: class names such as "3" would otherwise be placed as numbers.
+    fig.update_yaxes(type="category", autorange="reversed")
+    fig.update_xaxes(title_text="probability (%)", range=[0, 100])
+    fig.update_layout(height=80 + 45 * len(names), margin=dict(l=10, r=10, t=10, b=10), font_size=PLOTLY_FONT)
+    return fig
+
+
+def training_curves(history: History | dict, *, smoothing: float = 0.9) -> go.Figure:
+    """Loss and accuracy (%) against step: training per step (raw, faint, and smoothed) and validation per epoch.
+
+    ``smoothing`` is the factor of a bias-corrected exponential moving average (0 = none). ``uirevision`` is set,
+    so redrawing with a longer history keeps the user's zoom.
+    """
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"expected smoothing in [0, 1), got {smoothing}")
+    steps = history.steps if isinstance(history, History) else history.get("steps", [])
+    epochs = history.epochs if isinstance(history, History) else history.get("epochs", [])
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss (lower is better)", "Accuracy (higher is better)"),
+                        horizontal_spacing=0.12)
+    x = [s["step"] for s in steps]
+    val_x = [e["step"] for e in epochs]
+    for col, key, val_key, scale, unit in ((1, "loss", "val_loss", 1, ""), (2, "acc", "val_acc", 100, " %")):
+        raw = [s[key] * scale for s in steps]
+        first = col == 1  # one legend entry per kind of line; legendgroup toggles both panels together
+        fig.add_scatter(x=x, y=raw, mode="lines", name="training (each batch)", legendgroup="raw",
+                        showlegend=first, line=dict(color=TRAIN_COLOUR, width=1), opacity=0.3,
+                        hovertemplate=f"step %{{x}}: %{{y:.3g}}{unit}<extra>batch</extra>", row=1, col=col)
+        fig.add_scatter(x=x, y=_ema(raw, smoothing), mode="lines", name="training (smoothed)", legendgroup="train",
+                        showlegend=first, line=dict(color=TRAIN_COLOUR, width=2.5),
+                        hovertemplate=f"step %{{x}}: %{{y:.3g}}{unit}<extra>smoothed</extra>", row=1, col=col)
+        fig.add_scatter(x=val_x, y=[e[val_key] * scale for e in epochs], mode="lines+markers",
+                        name="validation (end of each epoch)", legendgroup="val", showlegend=first,
+                        line=dict(color=VAL_COLOUR, width=2.5), marker=dict(size=9),
+                        hovertemplate=f"step %{{x}}: %{{y:.3g}}{unit}<extra>validation</extra>", row=1, col=col)
+    fig.update_xaxes(title_text="training step", rangemode="tozero")
+    fig.update_yaxes(title_text="loss", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy (%)", range=[0, 100], row=1, col=2)
+    fig.update_layout(uirevision="training", font_size=PLOTLY_FONT, height=420,
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="center", x=0.5),
+                      margin=dict(l=10, r=10, t=40, b=10))
+    if not steps:
+        fig.add_annotation(text="No training steps yet", xref="paper", yref="paper", x=0.5, y=0.5,
+                           showarrow=False, font_size=PLOTLY_FONT + 2)
+    return fig
+
+
+def confusion_matrix(confusion: Tensor, class_names: Sequence[str]) -> go.Figure:
+    """Counts ``(K, K)`` (rows = true class, columns = predicted) as a heatmap with the counts written in."""
+    if not isinstance(confusion, Tensor) or confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"expected a (K, K) tensor, got {_describe(confusion)}")
+    if len(class_names) != len(confusion):
+        raise ValueError(f"expected {len(confusion)} class names, got {len(class_names)}")
+    names = list(class_names)
+    counts = confusion.detach().cpu().long().tolist()
+    hover = [[f"true: {t}, predicted: {p}, {n} image{'s' * (n != 1)}" for p, n in zip(names, row)]
+             for t, row in zip(names, counts)]
+    fig = go.Figure(go.Heatmap(
+        z=counts, x=names, y=names, text=hover, hovertemplate="%{text}<extra></extra>", texttemplate="%{z}",
+        colorscale="Blues", colorbar=dict(title="images"),
+    ))
+    fig.update_xaxes(title_text="predicted class", type="category", side="top")
+    fig.update_yaxes(title_text="true class", type="category", autorange="reversed")
+    size = 200 + 45 * len(names)
+    fig.update_layout(height=size, width=size + 120, font_size=PLOTLY_FONT, margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
+def per_class_bars(per_class: Sequence[float], class_names: Sequence[str]) -> go.Figure:
+    """Accuracy of each class (fractions in [0, 1]) as bars in %, labelled with their values."""
+    if len(per_class) != len(class_names):
+        raise ValueError(f"expected one accuracy per class ({len(class_names)}), got {len(per_class)}")
+    percent = [100 * float(a) for a in per_class]
+    fig = go.Figure(go.Bar(
+        x=list(class_names), y=percent, text=[f"{p:.0f} %" for p in percent], textposition="auto",
+        marker_color=TRAIN_COLOUR, hovertemplate="%{x}: %{y:.1f} % correct<extra></extra>",
+    ))
+    fig.update_xaxes(title_text="true class", type="category")
+    fig.update_yaxes(title_text="correct (%)", range=[0, 100])
+    fig.update_layout(height=380, font_size=PLOTLY_FONT, margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)  # its own Agg canvas: drawing never goes through pyplot's global backend
+    return fig
+
+
+def _mosaic_figure(
+    tiles: Tensor,
+    cols: int,
+    tile_in: float,
+    *,
+    pad_value: float,
+    extra_w: float,
+    extra_h: float,
+    lines: int = 1,
+    below: bool = False,
+    cmap: Colormap | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> tuple[Figure, Axes, list[tuple[int, int]]]:
+    """One imshow of tiles ``(N, C, h, w)`` (C = 1 with ``cmap``, else 3), with a band of ``lines`` label lines
+    above (or below) each tile; returns the figure, its axes and each tile's top-left pixel (x, y)."""
+    n, _, h, w = tiles.shape
+    px_in = tile_in / (w + 2 * PAD_PX)
+    band = math.ceil(lines * LINE_IN / px_in)
+    above, under = (0, band) if below else (band, 0)
+    # The label bands are padding of each tile, so make_grid (with padding 0) does all the tiling.
+    framed = F.pad(tiles, (PAD_PX, PAD_PX, PAD_PX + above, PAD_PX + under), value=pad_value)
+    grid = make_grid(framed, nrow=cols, padding=0, pad_value=pad_value)  # (3, H', W'): grey is repeated
+    cell_w, cell_h = framed.shape[3], framed.shape[2]
+    corners = [((k % cols) * cell_w + PAD_PX, (k // cols) * cell_h + PAD_PX + above) for k in range(n)]
+    fig = _figure(max(grid.shape[2] * px_in + extra_w, 5.5), grid.shape[1] * px_in + extra_h)
+    ax = fig.subplots()
+    # Through the colour map only when one is given; otherwise RGB (make_grid repeats grey into all three).
+    pixels = grid[0].numpy() if cmap is not None else grid.permute(1, 2, 0).numpy()
+    ax.imshow(pixels, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_axis_off()
+    return fig, ax, corners
+
+
+def _label_tiles(ax: Axes, corners: list[tuple[int, int]], highlight: int | None = None) -> None:
+    """"#0", "#1", … in the band above each tile, just clear of its one-pixel frame."""
+    for i, (x, y) in enumerate(corners):
+        label = ax.text(x - 0.5, y - 0.5 - PAD_PX, f"#{i}", ha="left", va="bottom", fontsize=FONT,
+                        color="red" if i == highlight else "black", fontweight="bold" if i == highlight else "normal")
+        # Inside the image anyway; measuring hundreds of labels for the layout would double the drawing time.
+        label.set_in_layout(False)
+
+
+def _bar_shrink(fig: Figure) -> float:
+    """A colour bar about 4 inches tall, however tall the grid beside it."""
+    return min(0.8, 4 / fig.get_figheight())
+
+
+def _draw_pooling(ax_in: Axes, ax_out: Axes, pair: PoolPair, channel: int, *, panel_in: float,
+                  label: str = "") -> AxesImage:
+    """Input with window grid and winners on ``ax_in``, output with its cells on ``ax_out``; one colour scale."""
+    before = pair.input[channel].detach().cpu().float()  # (H, W)
+    after = pair.output[channel].detach().cpu().float()  # (h, w)
+    (big_h, big_w), (small_h, small_w) = before.shape, after.shape
+    lo = min(float(before.min()), float(after.min()))
+    hi = max(float(before.max()), float(after.max()))
+    hi = hi if hi > lo else lo + 1
+    ax_in.imshow(before.numpy(), vmin=lo, vmax=hi, interpolation="nearest")
+    image = ax_out.imshow(after.numpy(), vmin=lo, vmax=hi, interpolation="nearest")
+    # The record keeps no kernel or stride; with the usual kernel == stride, the ratio of sizes is the window.
+    # A PoolPair keeps no kernel size or stride: for the usual pooling (kernel = stride, floor mode, no padding)
+    # the stride is the ratio of the sizes.
+    step_h, step_w = big_h // small_h, big_w // small_w
+    _cell_lines(ax_in, range(step_h, big_h, step_h), range(step_w, big_w, step_w), big_h, big_w, line_pt=1.5)
+    _cell_lines(ax_out, range(1, small_h), range(1, small_w), small_h, small_w, line_pt=0.8)
+    operation = "average"
+    if pair.argmax is not None:
+        operation = "max"
+        flat = pair.argmax[channel].detach().cpu().flatten()  # one winner per output cell
+        cell_pt = panel_in * 72 / max(big_h, big_w)
+        ax_in.scatter((flat % big_w).numpy(), (flat // big_w).numpy(), marker="s", s=(0.7 * cell_pt) ** 2,
+                      facecolors="none", edgecolors="red", linewidths=1.5, label="winner")
+    ax_in.set_title(f"{label}input {big_h}×{big_w}, windows of {step_h}×{step_w}"
+                    + ("\nred: the largest value, kept" if operation == "max" else ""), fontsize=FONT + 1)
+    ax_out.set_title(f"{label}output {small_h}×{small_w}: {operation} of each window", fontsize=FONT + 1)
+    _no_ticks(ax_in)
+    _no_ticks(ax_out)
+    return image
+
+
+def _cell_lines(ax: Axes, rows: range, cols: range, height: int, width: int, *, line_pt: float) -> None:
+    """White lines before each index in ``rows``/``cols`` of an image of ``height`` × ``width`` pixels."""
+    ax.hlines([r - 0.5 for r in rows], -0.5, width - 0.5, colors="white", linewidths=line_pt)
+    ax.vlines([c - 0.5 for c in cols], -0.5, height - 0.5, colors="white", linewidths=line_pt)
+
+
+def _reduction(pair: PoolPair) -> str:
+    big, small = pair.input.shape[1:], pair.output.shape[1:]
+    ratio = (big[0] * big[1]) / (small[0] * small[1])
+    return f"{big[0]}×{big[1]} → {small[0]}×{small[1]}: {ratio:.3g}× fewer values"
+
+
+def _rgb_array(image: Tensor | Image.Image) -> np.ndarray:
+    """A PIL image or ``(C, H, W)`` tensor in [0, 1] → float ``(H, W, 3)`` in [0, 1]; grey copied to R, G, B."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.float64) / 255
+    image = _as_float(image, "(C, H, W)", 3)
+    if image.shape[0] not in (1, 3):
+        raise ValueError(f"expected 1 or 3 channels, got {image.shape[0]}")
+    return image.clamp(0, 1).expand(3, -1, -1).permute(1, 2, 0).double().numpy()
+
+
+def _titles(fig: Figure, ax: Axes, title: str, detail: str) -> None:
+    ax.set_title(detail, fontsize=FONT + 1)
+    if title:
+        fig.suptitle(title, fontsize=TITLE_FONT)
+
+
+def _cmap(name: str, *, bad: str) -> Colormap:
+    # The NaN padding between tiles takes the "bad" colour.
+    return colormaps[name].with_extremes(bad=bad)
+
+
+def _columns(n: int, cols: int | None) -> int:
+    if cols is None:
+        return math.ceil(math.sqrt(n))
+    if cols < 1:
+        raise ValueError(f"expected cols >= 1, got {cols}")
+    return min(cols, n)
+
+
+def _tile_inches(cols: int, *, smallest: float, largest: float) -> float:
+    """Inches per tile: a grid about 7.5 inches wide, within limits that keep labels legible and tiles modest.
+
+    Streamlit scales a figure to the page's width, so a narrower figure shows its letters larger.
+    """
+    return min(largest, max(smallest, 7.5 / cols))
+
+
+def _ema(values: list[float], beta: float) -> list[float]:
+    """Exponential moving average, bias-corrected (as in Adam) so the first points are not pulled towards 0."""
+    out, avg = [], 0.0
+    for t, v in enumerate(values, start=1):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta**t))
+    return out
+
+
+def _no_ticks(ax: Axes) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _as_float(t: Tensor, shape: str, ndim: int | tuple[int, ...]) -> Tensor:
+    dims = ndim if isinstance(ndim, tuple) else (ndim,)
+    if not isinstance(t, Tensor) or t.ndim not in dims or t.numel() == 0:
+        raise ValueError(f"expected a non-empty {shape} tensor, got {_describe(t)}")
+    return t.detach().cpu().float()
+
+
+def _check_index(index: int, size: int, what: str) -> None:
+    if not 0 <= index < size:
+        raise ValueError(f"expected {what} in [0, {size}), got {index}")
+
+
+def _describe(t: object) -> str:
+    return f"{tuple(t.shape)} {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
