@@ -62,6 +62,65 @@ def _train(args: argparse.Namespace) -> int:
     return 0 if history.status != "diverged" else 1
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cnnviz import checkpoint, figures, gradcam, images, probe
+    from cnnviz.inspection import inspect
+
+    try:
+        ck = checkpoint.load(args.checkpoint)
+        image = images.load(args.image)
+    except (checkpoint.CheckpointError, images.ImageError) as e:
+        print(f"cnnviz: {e}", file=sys.stderr)
+        return 1
+    info = ck.info
+    ins = inspect(ck.model, info, image, resize=args.resize)
+    try:
+        cam = gradcam.compute(ck.model, ins.x, layer=args.layer, target=_class_index(args.target, info))
+    except (KeyError, ValueError) as e:
+        print(f"cnnviz: {str(e).strip(chr(34))}", file=sys.stderr)
+        return 2
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    top = ins.top(info, k=min(5, info.num_classes))
+    (out / "prediction.json").write_text(json.dumps({
+        "dataset": info.name, "top": [{"class": c, "index": info.class_names.index(c), "probability": round(p, 6)}
+                                      for c, p in top],
+        "gradcam": {"layer": cam.layer, "target": info.class_names[cam.target], "target_index": cam.target},
+    }, indent=2))
+    np.save(out / "input.npy", ins.x.numpy())
+    maps_dir = out / "feature_maps"
+    maps_dir.mkdir(exist_ok=True)
+    for name, rec in ins.records.items():
+        if rec.output.ndim == 4:
+            fig = figures.feature_grid(rec.output[0], title=f"{name}: {tuple(rec.output.shape[1:])}")
+            (maps_dir / f"{name.replace('#', '_')}.png").write_bytes(figures.to_png(fig))
+    weights = probe.filters(ck.model)
+    first = next(iter(weights))
+    (out / "filters.png").write_bytes(figures.to_png(figures.filter_grid(weights[first], title=first)))
+    pairs = probe.pooling_pairs(ins.records)
+    if pairs:
+        (out / "pooling.png").write_bytes(figures.to_png(figures.pooling_pair(pairs[0], 0)))
+    (out / "gradcam.png").write_bytes(figures.to_png(figures.overlay(
+        ins.prepared.display, cam.heatmap, title=f"Grad-CAM for '{info.class_names[cam.target]}' at {cam.layer}")))
+    np.save(out / "gradcam.npy", cam.heatmap.numpy().astype(np.float32))
+    print(f"{top[0][0]} ({top[0][1]:.1%}); wrote prediction.json, input.npy, feature_maps/, filters.png, "
+          f"pooling.png, gradcam.png and gradcam.npy to {out}")
+    return 0
+
+
+def _class_index(target: str | None, info) -> int | None:
+    """A class given by name or index → its index (None = the predicted class)."""
+    if target is None:
+        return None
+    if target in info.class_names:
+        return info.class_names.index(target)
+    if target.isdigit() and int(target) < info.num_classes:
+        return int(target)
+    raise ValueError(f"unknown class {target!r}; choose one of: {', '.join(info.class_names)}")
+
+
 def _app(args: argparse.Namespace) -> int:
     from streamlit.web import cli as stcli
 
@@ -102,6 +161,15 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=None, help="save the trained model here (.pt)")
     t.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
     t.set_defaults(func=_train)
+
+    i = sub.add_parser("inspect", help="look inside a model on one image; write figures and arrays to a folder")
+    i.add_argument("--checkpoint", required=True, type=Path, help="a model saved by `cnnviz train --out` or the app")
+    i.add_argument("--image", required=True, type=Path)
+    i.add_argument("--out", required=True, type=Path, help="folder for the results (created if missing)")
+    i.add_argument("--layer", default=None, help="layer for Grad-CAM (default: the last conv block)")
+    i.add_argument("--target", default=None, help="class name or index for Grad-CAM (default: the predicted one)")
+    i.add_argument("--resize", default="squash", choices=["squash", "crop", "pad"])
+    i.set_defaults(func=_inspect)
 
     a = sub.add_parser("app", help="start the web app")
     a.add_argument("--port", type=int, default=8501)

@@ -255,6 +255,15 @@ def image_strip(images: Sequence[tuple[str, Image.Image]]) -> Figure:
     return fig
 
 
+def map_image(feature_map: Tensor, cmap: str = "viridis") -> Image.Image:
+    """One feature map ``(H, W)`` as an RGB image, stretched from its own min (dark) to its max (bright)."""
+    m = _as_float(feature_map, "(H, W)", 2)
+    lo, hi = m.min(), m.max()
+    scaled = (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
+    rgb = colormaps[cmap](scaled.numpy())[..., :3]
+    return Image.fromarray(np.rint(rgb * 255).astype(np.uint8), mode="RGB")
+
+
 def sample_grid(x: Tensor, labels: Sequence[str], *, cols: int = 8, title: str = "") -> Figure:
     """Images uint8 ``(N, C, H, W)`` in a grid, each with its label under it (labels may hold ``"\\n"``)."""
     if not isinstance(x, Tensor) or x.ndim != 4 or x.dtype != torch.uint8:

@@ -216,7 +216,7 @@ def _map_layer(model: nn.Module, name: str) -> tuple[nn.Module, int]:
     path, call = probe.split_name(name)
     modules = dict(model.named_modules())
     if path not in modules:
-        raise probe.UnknownLayerError(f"no layer named {name!r}; layers with (N, C, h, w) maps: {_map_names(model)}")
+        raise probe.UnknownLayerError(f"no layer named {name!r}; conv, activation, pool and norm layers: {_map_names(model)}")
     return modules[path], call
 
 

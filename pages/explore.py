@@ -33,12 +33,12 @@ with prep_col:
     st.subheader("What the network gets", anchor=False)
     steps = ins.prepared.steps
     st.image(figure_png(key + ("steps",), lambda: figures.image_strip([(s.title, s.image) for s in steps])),
-             use_container_width=True)
+             width="stretch")
     st.caption(explain.preprocessing([s.title.split(" (")[0] for s in steps], info.size, info.channels))
     st.subheader("Prediction", anchor=False)
     top = ins.top(info, k=5)
     st.plotly_chart(figures.topk_bars(ins.probs, info.class_names, k=5), key="explore_topk",
-                    use_container_width=True)
+                    width="stretch")
     st.markdown(explain.prediction(top))
 
 st.caption(f"Image: {picked.label}.")
@@ -51,7 +51,7 @@ def what(text: str) -> None:
 
 
 def show(png: bytes, name: str, dl_key: str) -> None:
-    st.image(png, use_container_width=True)
+    st.image(png, width="stretch")
     st.download_button("Download PNG", png, file_name=f"{name}.png", mime="image/png", key=dl_key,
                        icon=":material/download:")
 
@@ -71,7 +71,7 @@ with tab_f:
     with c2:
         f = st.number_input("Enlarge filter #", 0, w.shape[0] - 1, 0, key="explore_filter_index")
         st.image(figure_png((sm.model_id, "filter", layer, f), lambda: figures.filter_image(w[f])),
-                 use_container_width=True)
+                 width="stretch")
         st.caption(f"Filter #{f} of {layer}, one panel per input channel, with its weights written in. Red weights "
                    "add where the input is bright, blue ones subtract.")
 
@@ -92,7 +92,7 @@ with tab_m:
     with c2:
         st.image(figure_png(key + ("map", layer, channel), lambda: figures.image_strip(
             [("What the network sees", ins.prepared.display),
-             (f"{layer} #{channel}", figures.map_image(maps[channel]))])), use_container_width=True)
+             (f"{layer} #{channel}", figures.map_image(maps[channel]))])), width="stretch")
         stats = probe.channel_stats(maps)
         st.caption(f"Channel #{channel}: mean {stats['mean'][channel]:.2f}, max {stats['max'][channel]:.2f}, "
                    f"active (> 0) on {stats['frac_active'][channel]:.0%} of its cells.")
@@ -139,5 +139,5 @@ with tab_g:
     res_b = cache.cam(model, sm.model_id, ins.x, picked.key + resize + invert_choice, layer, other, method)
     cols = st.columns(2)
     for col, r, cls in ((cols[0], res, target), (cols[1], res_b, other)):
-        col.image(figures.overlay_image(ins.prepared.display, r.heatmap, alpha), use_container_width=True,
+        col.image(figures.overlay_image(ins.prepared.display, r.heatmap, alpha), width="stretch",
                   caption=f"Evidence for '{info.class_names[cls]}' (score {r.score:.2f})")

@@ -6,6 +6,7 @@ import streamlit as st
 from cnnviz import data, figures, models, train
 from cnnviz.data import DatasetError
 from cnnviz.ui import jobs, state, widgets
+from cnnviz.ui.cache import figure_png
 
 st.title("Train a CNN")
 st.caption("Pick a dataset and an architecture, press **Train**, and watch the network learn. Training goes on "
@@ -26,8 +27,9 @@ except DatasetError as e:
     st.error(str(e), icon=":material/cloud_off:")
     st.stop()
 sample = train_split.subset(16, seed=1)
-st.pyplot(figures.sample_grid(sample.x, [info.class_names[int(y)] for y in sample.y], cols=16,
-                              title=f"Training images ({len(train_split):,} in all, {len(test_split):,} to test)"))
+st.image(figure_png(("samples", ds_name), lambda: figures.sample_grid(
+    sample.x, [info.class_names[int(y)] for y in sample.y], cols=16,
+    title=f"Training images ({len(train_split):,} in all, {len(test_split):,} to test)")), width="stretch")
 sizes = {"all": len(train_split), **{f"{n:,}": n for n in (200, 1000, 5000) if n < len(train_split)}}
 n_train = st.select_slider("Training images to use", list(sizes), value="all", key="train_size",
                            help="Fewer images train faster, and very few show overfitting: perfect on the "
@@ -115,9 +117,10 @@ def live() -> None:
     elif snap.status in ("finished", "stopped"):
         st.success(snap.message, icon=":material/check_circle:")
     left, right = st.columns([3, 2])
-    left.plotly_chart(figures.training_curves(snap.history), key="curves", use_container_width=True)
+    left.plotly_chart(figures.training_curves(snap.history), key="curves", width="stretch")
     if snap.filters is not None:
-        right.pyplot(figures.filter_grid(snap.filters, title=f"First-layer filters at step {snap.step}"))
+        right.image(figures.to_png(figures.filter_grid(snap.filters, title=f"First-layer filters at step {snap.step}"),
+                                   dpi=80), width="stretch")
         right.caption("Each square is one filter of the first layer. They start as random noise and turn into "
                       "edge, spot and colour detectors as the network learns.")
     if snap.result is not None and not st.session_state.get("job_adopted"):
@@ -142,16 +145,16 @@ if snap is not None and snap.evaluation is not None and snap.result is not None:
     m[1].metric("Mistakes", f"{len(ev.mistakes):,} of {len(ev.predictions):,}")
     m[2].metric("Training time", f"{ck.history.seconds:.1f} s")
     r = st.columns(2)
-    r[0].plotly_chart(figures.per_class_bars(ev.per_class, names_), key="per_class", use_container_width=True)
-    r[1].plotly_chart(figures.confusion_matrix(ev.confusion, names_), key="confusion", use_container_width=True)
+    r[0].plotly_chart(figures.per_class_bars(ev.per_class, names_), key="per_class", width="stretch")
+    r[1].plotly_chart(figures.confusion_matrix(ev.confusion, names_), key="confusion", width="stretch")
     st.caption("The confusion matrix counts test images by true class (rows) and predicted class (columns): the "
                "diagonal is right, everything else is a mistake. Hover over a cell for the count.")
     if len(ev.mistakes):
         idx = ev.mistakes[:16]
         split = state.dataset(ck.dataset, train=False)
-        st.pyplot(figures.sample_grid(split.x[idx], [f"true {names_[int(split.y[i])]}\npred {names_[int(ev.predictions[i])]}"
-                                                      for i in idx], cols=8,
-                                      title="The most confident mistakes"))
+        labels = [f"true {names_[int(split.y[i])]}\npred {names_[int(ev.predictions[i])]}" for i in idx]
+        st.image(figures.to_png(figures.sample_grid(split.x[idx], labels, cols=8, title="The most confident mistakes "
+                                                    "(true class, then what the model said)")), width="stretch")
 
 # --- 5. Save and load --------------------------------------------------------------------------------------------
 st.header("Save or load a model", divider="gray", anchor=False)

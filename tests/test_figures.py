@@ -374,3 +374,16 @@ def test_the_module_imports_neither_streamlit_nor_pyplot():
     code = ("import sys, cnnviz.figures; "
             "assert 'streamlit' not in sys.modules and 'matplotlib.pyplot' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_map_image_stretches_min_to_max():
+    from matplotlib import colormaps
+
+    m = torch.tensor([[0.0, 1.0], [2.0, 4.0]])
+    img = np.asarray(figures.map_image(m))
+    assert img.shape == (2, 2, 3)
+    lo = np.rint(np.array(colormaps["viridis"](0.0)[:3]) * 255)
+    hi = np.rint(np.array(colormaps["viridis"](1.0)[:3]) * 255)
+    assert (img[0, 0] == lo).all() and (img[1, 1] == hi).all()
+    flat = np.asarray(figures.map_image(torch.ones(3, 3)))
+    assert (flat == flat[0, 0]).all()  # a constant map: one colour, no NaN

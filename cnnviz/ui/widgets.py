@@ -147,7 +147,8 @@ def _drawing(info: DatasetInfo, key: str) -> PickedImage | None:
         ink.clear()
         st.session_state.pop(f"{key}_canvas", None)
     c[1].caption("Drag a lasso (or a box) over the grid to paint those cells; each stroke adds ink.")
-    rows, cols = divmod(torch.arange(n * n), n)
+    cells = torch.arange(n * n)
+    rows, cols = cells // n, cells % n
     painted = [i in ink for i in range(n * n)]
     fig = go.Figure(go.Scatter(
         x=cols.tolist(), y=rows.tolist(), mode="markers", hoverinfo="none",

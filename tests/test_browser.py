@@ -1,0 +1,89 @@
+"""The whole app in a real headless browser: train on shapes, explore an uploaded photo, open a lesson link."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from browser_support import SCREENSHOTS, assert_no_exception, browser_page, streamlit_server, wait_until_idle
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    with streamlit_server() as url:
+        yield url
+
+
+def _photo_like(path) -> None:
+    """A smooth, noisy colour image with a bright disc, like a photo of a round object."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:240, 0:320]
+    img = np.stack([xx / 320 * 120 + 40, yy / 240 * 100 + 60, np.full_like(xx, 90.0)], -1)
+    disc = (xx - 170) ** 2 + (yy - 120) ** 2 < 70 ** 2
+    img[disc] = [240, 230, 60]
+    img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(path, format="PNG")
+
+
+def _goto(page, url: str, path: str, title: str) -> None:
+    page.goto(f"{url}/{path}")
+    page.get_by_role("heading", name=title).wait_for(timeout=120_000)
+    wait_until_idle(page, 120_000)
+
+
+def test_train_page_trains_and_shows_curves_and_accuracy(app_url):
+    with browser_page() as page:
+        _goto(page, app_url, "", "cnnviz: see what a convolutional network sees")
+        page.get_by_test_id("stSidebarNav").get_by_text("Train a CNN").click()
+        page.get_by_text("1 · Data").wait_for()
+        wait_until_idle(page, 120_000)
+        # Few images and one epoch keep the browser test short; the full default run is in `make bench`.
+        page.get_by_test_id("stNumberInput").filter(has_text="Epochs").locator("input").fill("1")
+        page.keyboard.press("Enter")
+        wait_until_idle(page)
+        page.get_by_role("button", name="Train", exact=False).filter(has_text="Train").first.click()
+        page.get_by_text("Done:").wait_for(timeout=180_000)
+        page.get_by_text("4 · Results").wait_for(timeout=60_000)
+        wait_until_idle(page, 120_000)
+        page.screenshot(path="/tmp/train_debug.png", full_page=True)
+        assert page.locator(".js-plotly-plot").count() >= 3  # curves, per-class accuracy, confusion matrix
+        assert page.get_by_text("Test accuracy").count() >= 1
+        assert_no_exception(page)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "train.png"), full_page=True)
+
+
+def test_explore_page_upload_photo_and_bad_file(app_url, tmp_path):
+    photo = tmp_path / "photo.png"
+    _photo_like(photo)
+    junk = tmp_path / "notes.png"
+    junk.write_bytes(b"this is not an image at all")
+    with browser_page() as page:
+        _goto(page, app_url, "explore", "Explore an image")
+        page.get_by_text("Upload", exact=True).click()
+        wait_until_idle(page)
+        page.locator('input[type="file"]').set_input_files(str(photo))
+        page.get_by_text("your upload photo.png").wait_for(timeout=60_000)
+        wait_until_idle(page)
+        assert page.get_by_text("The network is").count() == 1  # the prediction, in words
+        assert page.locator(".js-plotly-plot").count() >= 1  # top-k bars
+        assert page.locator('[data-testid="stImage"] img').count() >= 3
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "explore.png"), full_page=True)
+        for tab in ("Feature maps", "Pooling", "Grad-CAM"):
+            page.get_by_role("tab", name=tab).click()
+            wait_until_idle(page)
+            panel = page.locator('[role="tabpanel"]:visible')
+            assert panel.locator('[data-testid="stImage"] img').count() >= 1, tab
+            page.screenshot(path=str(SCREENSHOTS / f"explore-{tab.lower().replace(' ', '-')}.png"), full_page=True)
+        assert_no_exception(page)
+        page.locator('input[type="file"]').set_input_files(str(junk))
+        page.get_by_text("This file is not an image").wait_for(timeout=30_000)
+        wait_until_idle(page)
+        assert page.get_by_text("The network is").count() == 1  # the last good image and its views stay
+        assert_no_exception(page)

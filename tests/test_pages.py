@@ -1,0 +1,220 @@
+"""The pages as a user drives them, through their widgets, with streamlit.testing.v1.AppTest."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+def app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    if page:
+        at.switch_page(page).run()
+        assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [e.value for e in at.error]
+    parts += [s.value for s in at.success] + [i.value for i in at.info] + [w.value for w in at.warning]
+    return "\n".join(parts)
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_home_shows_journey_and_shipped_model():
+    at = app()
+    assert at.title[0].value.startswith("cnnviz")
+    body = texts(at)
+    assert "Shapes (built in)" in body and "test accuracy" in body
+    assert len(at.get("page_link")) >= 3
+    assert at.session_state.model.model_id.startswith("shipped-")
+
+
+def test_train_page_defaults_render_layer_table():
+    at = app("pages/train.py")
+    assert "parameters" in texts(at)
+    table = next(d.value for d in at.dataframe if "layer" in d.value.columns)
+    assert list(table["layer"])[:3] == ["input", "conv1", "bn1"] and "fc" in list(table["layer"])
+    assert at.button(key="train_start").disabled is False
+    assert at.button(key="train_stop").disabled is True
+
+
+def _wait_for_job(at: AppTest, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while at.session_state.job.snapshot().active:
+        assert time.monotonic() < deadline, "training did not finish"
+        time.sleep(0.5)
+    at.run()  # the page notices the end of the job and adopts the model
+    at.run()
+
+
+@pytest.mark.slow
+def test_short_training_on_shapes_finishes_and_becomes_the_model():
+    at = app("pages/train.py")
+    at.select_slider(key="train_size").set_value("1,000").run()
+    at.number_input(key="train_epochs").set_value(1).run()
+    at.button(key="train_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    job = at.session_state.job
+    at.button(key="train_start").click().run()  # a second click must not start a second job
+    assert at.session_state.job is job
+    _wait_for_job(at)
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Done:" in texts(at)
+    metric = next(m for m in at.metric if m.label == "Test accuracy")
+    assert float(metric.value.rstrip("%")) > 30  # 8 classes: chance is 12.5 %
+    assert at.session_state.model.source == "trained here"
+    assert len(at.session_state.model.ckpt.filter_frames) >= 2
+
+
+def test_stop_keeps_the_last_good_model():
+    at = app("pages/train.py")
+    at.number_input(key="train_epochs").set_value(20).run()
+    at.button(key="train_start").click().run()
+    at.button(key="train_stop").click().run()
+    _wait_for_job(at)
+    assert at.session_state.job.snapshot().status == "stopped"
+    assert "Stopped" in texts(at)
+    assert at.session_state.model.source == "trained here"
+
+
+def test_diverging_run_shows_the_reason_and_keeps_the_model():
+    at = app("pages/train.py")
+    before = at.session_state.model.model_id
+    at.radio(key="train_preset").set_value("tinyvgg").run()  # no batchnorm: SGD at 2.0 blows up within ~70 steps
+    at.selectbox(key="train_batch").set_value(32).run()
+    at.select_slider(key="train_lr").set_value(2.0).run()
+    at.selectbox(key="train_opt").set_value("sgd").run()
+    at.select_slider(key="train_size").set_value("1,000").run()
+    at.button(key="train_start").click().run()
+    _wait_for_job(at)
+    assert at.session_state.job.snapshot().status == "diverged"
+    assert "diverged" in texts(at) and "learning rate" in texts(at)
+    assert not at.exception
+    # A diverged model is still the last good state; it is adopted as 'trained here', never NaN.
+    import torch
+    assert all(torch.isfinite(p).all() for p in at.session_state.model.ckpt.model.parameters())
+    assert at.session_state.model.model_id != before
+
+
+@pytest.mark.parametrize("raw", [b"not a model at all", b"", b"PK\x03\x04truncated zip"])
+def test_bad_checkpoint_upload_shows_error_and_keeps_model(raw):
+    at = app("pages/train.py")
+    before = at.session_state.model.model_id
+    at.file_uploader(key="upload_model").set_value(("model.pt", raw, "application/octet-stream")).run()
+    assert not at.exception
+    assert any("current model is unchanged" in e.value for e in at.error)
+    assert at.session_state.model.model_id == before
+
+
+def test_good_checkpoint_upload_replaces_model():
+    from cnnviz.ui.state import SHIPPED_MODEL
+
+    at = app("pages/train.py")
+    at.file_uploader(key="upload_model").set_value(("mine.pt", SHIPPED_MODEL.read_bytes(), "x")).run()
+    assert at.session_state.model.source == "uploaded: mine.pt"
+    assert any("Loaded" in s.value for s in at.success)
+
+
+# --- Explore ------------------------------------------------------------------------------------------------------
+
+def _views_rendered(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    body = texts(at)
+    assert "The network is" in body  # prediction in words
+    assert "maps of" in body  # feature maps, in words
+    assert "shrinks each map" in body  # pooling
+    assert "spoke for the class" in body  # Grad-CAM (or saliency) explained
+    assert len(at.image) >= 5  # preprocessing, filters, filter, maps, map, pooling, overlay, comparison
+
+
+def test_explore_default_test_image_renders_every_view():
+    at = app("pages/explore.py")
+    _views_rendered(at)
+    assert at.get("download_button")
+
+
+def _upload(at: AppTest, name: str, raw: bytes) -> AppTest:
+    at.segmented_control(key="explore_source").set_value("Upload").run()
+    at.file_uploader(key="explore_upload").set_value((name, raw, "application/octet-stream")).run()
+    return at
+
+
+PHOTO = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 90, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("name, raw", [
+    ("photo.png", encode(PHOTO, "PNG")),
+    ("photo.jpg", encode(PHOTO, "JPEG")),
+    ("anim.gif", encode(PHOTO.convert("P"), "GIF")),
+    ("rgba.png", encode(PHOTO.convert("RGBA"), "PNG")),
+    ("grey16.png", encode(Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)), "PNG")),
+    ("cmyk.jpg", encode(PHOTO.convert("CMYK"), "JPEG")),
+    ("tiny.bmp", encode(Image.new("L", (1, 1), 200), "BMP")),
+    ("wide.webp", encode(Image.new("RGB", (900, 3), (10, 200, 30)), "WEBP")),
+])
+def test_explore_uploads_in_many_formats(name, raw):
+    at = _upload(app("pages/explore.py"), name, raw)
+    _views_rendered(at)
+    assert f"your upload {name}" in texts(at)
+
+
+@pytest.mark.parametrize("raw, words", [
+    (b"%PDF-1.4 definitely not an image", "not an image"),
+    (encode(PHOTO, "PNG")[:200], "damaged or incomplete"),
+    (b"", "empty"),
+])
+def test_explore_bad_upload_keeps_last_good_image(raw, words):
+    at = _upload(app("pages/explore.py"), "good.png", encode(PHOTO, "PNG"))
+    model_before = at.session_state.model.model_id
+    at.file_uploader(key="explore_upload").set_value(("bad.png", raw, "image/png")).run()
+    assert any(words in e.value for e in at.error), [e.value for e in at.error]
+    _views_rendered(at)
+    assert "your upload good.png" in texts(at)
+    assert at.session_state.model.model_id == model_before
+
+
+def test_explore_huge_upload_refused(monkeypatch):
+    from cnnviz import images
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 100)
+    at = _upload(app("pages/explore.py"), "big.png", encode(Image.new("RGB", (50, 50)), "PNG"))
+    assert any("50×50 pixels" in e.value for e in at.error)
+    assert not at.exception
+
+
+def test_explore_controls_change_views_without_errors():
+    at = app("pages/explore.py")
+    at.select_slider(key="explore_map_layer").set_value("pool2").run()
+    at.number_input(key="explore_channel").set_value(5).run()
+    at.radio(key="explore_cam_method").set_value("gradcam++").run()
+    at.selectbox(key="explore_cam_class").set_value(3).run()
+    at.radio(key="explore_cam_method").set_value("saliency").run()
+    at.selectbox(key="explore_filter_layer").set_value("conv2").run()
+    at.radio(key="explore_resize").set_value("pad").run()
+    _views_rendered(at)
+    assert "32 maps of 8×8" in texts(at)
+
+
+def test_explore_draw_source_paints_an_image():
+    at = app("pages/explore.py")
+    at.segmented_control(key="explore_source").set_value("Draw").run()
+    assert not at.exception
+    at.session_state["explore_ink"] = set(range(32 * 10, 32 * 14))  # a horizontal bar, as if lassoed
+    at.run()
+    assert "your drawing" in texts(at)
+    _views_rendered(at)
