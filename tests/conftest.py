@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-# Keep the test run light on a 2-core machine where a browser and a server may run beside it.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: with the other core busy (a browser, a server), two OpenMP threads make small ops far slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -85,3 +85,9 @@ def test_weights_that_do_not_match_spec_refused():
 def test_missing_path_refused(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="no file"):
         checkpoint.load(tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize("raw", [b"junk", b"\x80\x02junk", b"PK\x03\x04" + bytes(30), bytes(range(256)) * 4])
+def test_arbitrary_bytes_give_checkpoint_error(raw):
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.load(raw)
