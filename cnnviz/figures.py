@@ -264,6 +264,102 @@ def map_image(feature_map: Tensor, cmap: str = "viridis") -> Image.Image:
     return Image.fromarray(np.rint(rgb * 255).astype(np.uint8), mode="RGB")
 
 
+def number_grid(panels: Sequence[tuple[str, Tensor]], *, title: str = "", cmap: str = DIVERGING) -> Figure:
+    """Small 2-D tensors ``(h, w)`` side by side, each cell coloured and with its value written in.
+
+    For the step-by-step convolution: the input patch, the kernel and their products. Each panel has its own
+    colour scale, symmetric around 0 (white), so signs read at a glance.
+    """
+    if not panels:
+        raise ValueError("expected at least one (title, tensor) panel")
+    h, w = panels[0][1].shape
+    side = max(1.6, 0.55 * max(h, w))
+    fig = _figure(side * len(panels) + 0.4, side + 0.9 + 0.3 * bool(title))
+    for ax, (name, t) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        t = _as_float(t, "(h, w)", 2)
+        finite = t[torch.isfinite(t)]
+        limit = float(finite.abs().max()) if finite.numel() else 1.0
+        ax.imshow(t.numpy(), cmap=cmap, vmin=-limit or -1, vmax=limit or 1, interpolation="nearest")
+        for (r, c), v in np.ndenumerate(t.numpy()):
+            text = "pad" if not np.isfinite(v) else f"{v:.2f}".replace("-0.00", "0.00")
+            ax.text(c, r, text, ha="center", va="center", fontsize=FONT if max(h, w) <= 5 else FONT - 2)
+        _no_ticks(ax)
+        ax.set_title(name, fontsize=FONT + 1)
+    if title:
+        fig.suptitle(title, fontsize=TITLE_FONT)
+    return fig
+
+
+def map_with_cell(feature_map: Tensor, cell: tuple[int, int] | None = None, *, revealed: int | None = None,
+                  title: str = "", cmap: str = "viridis") -> Figure:
+    """A feature map ``(H, W)`` with one cell framed in red; ``revealed`` shows only the first cells in reading
+    order (a convolution sweeping over the image), the rest left blank."""
+    m = _as_float(feature_map, "(H, W)", 2).clone()
+    lo, hi = float(m.min()), float(m.max())
+    if revealed is not None:
+        m.view(-1)[revealed:] = float("nan")
+    fig = _figure(4.6, 4.2 + 0.3 * bool(title))
+    ax = fig.subplots()
+    image = ax.imshow(m.numpy(), cmap=_cmap(cmap, bad="#f2f2f2"), vmin=lo, vmax=hi if hi > lo else lo + 1,
+                      interpolation="nearest")
+    if cell is not None:
+        ax.add_patch(Rectangle((cell[1] - 0.5, cell[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+    _no_ticks(ax)
+    fig.colorbar(image, ax=ax, shrink=0.85).set_label("activation value", fontsize=FONT)
+    if title:
+        ax.set_title(title, fontsize=TITLE_FONT)
+    return fig
+
+
+def image_with_boxes(image: Tensor | Image.Image, boxes: Sequence[tuple[str, tuple[int, int, int, int]]], *,
+                     title: str = "") -> Figure:
+    """An image with labelled rectangles ``(top, left, bottom, right)`` (bottom/right exclusive), e.g. receptive
+    fields of successive layers, each in its own colour with a legend."""
+    rgb = _rgb_array(image)
+    fig = _figure(6.4, 4.6 + 0.3 * bool(title))
+    ax = fig.subplots()
+    ax.imshow(rgb, interpolation="nearest")
+    palette = colormaps["tab10"]
+    for i, (label, (top, left, bottom, right)) in enumerate(boxes):
+        ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
+                               edgecolor=palette(i % 10), linewidth=2.5, label=label))
+    _no_ticks(ax)
+    if boxes:
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=FONT, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=TITLE_FONT)
+    return fig
+
+
+def patch_grid(rows: Sequence[tuple[str, Sequence[Tensor]]], *, size: int, title: str = "") -> Figure:
+    """Rows of image patches uint8 ``(C, h, w)`` (e.g. each channel's top-k patches), each padded to ``size``×``size``
+    and enlarged without blurring; the row's label on its left."""
+    if not rows:
+        raise ValueError("expected at least one row")
+    k = max(len(p) for _, p in rows)
+    fig = _figure(1.4 + 0.75 * k, 0.62 * len(rows) + 0.6 + 0.3 * bool(title))
+    axes = fig.subplots(len(rows), k, squeeze=False)
+    for (label, patches), axrow in zip(rows, axes):
+        for j, ax in enumerate(axrow):
+            _no_ticks(ax)
+            ax.set_frame_on(False)
+            if j < len(patches):
+                p = patches[j]
+                padded = F.pad(p, (0, size - p.shape[2], 0, size - p.shape[1]), value=255)
+                ax.imshow(_rgb_array(padded.float() / 255), interpolation="nearest")
+        axrow[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=FONT)
+    if title:
+        fig.suptitle(title, fontsize=TITLE_FONT)
+    return fig
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """An image ``(C, H, W)`` in [0, 1] (C = 1 or 3) as an 8-bit PIL image (L or RGB)."""
+    image = _as_float(image, "(C, H, W)", 3)
+    arr = np.rint(image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    return Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr, mode="L" if arr.shape[2] == 1 else "RGB")
+
+
 def sample_grid(x: Tensor, labels: Sequence[str], *, cols: int = 8, title: str = "") -> Figure:
     """Images uint8 ``(N, C, H, W)`` in a grid, each with its label under it (labels may hold ``"\\n"``)."""
     if not isinstance(x, Tensor) or x.ndim != 4 or x.dtype != torch.uint8:

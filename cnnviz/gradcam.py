@@ -224,3 +224,38 @@ def _map_names(model: nn.Module) -> str:
     """The leaf layers whose output is usually a map, comma-separated, for error messages."""
     maps = {name for kind in _MAP_KINDS for name in probe.layer_names(model, kind)}
     return ", ".join(name for name in probe.layer_names(model) if name in maps)
+
+
+@dataclass
+class PointingResult:
+    """How often the heatmap's peak lands on the object: ``hits`` of ``total`` images."""
+
+    hits: int
+    total: int
+
+    @property
+    def rate(self) -> float:
+        return self.hits / self.total if self.total else 0.0
+
+
+def pointing_game(model: nn.Module, x: Tensor, masks: Tensor, targets: Tensor | None = None, *,
+                  layer: str | None = None, method: str = "gradcam", tolerance: int = 0) -> PointingResult:
+    """The pointing game (Zhang et al. 2016, "Top-down Neural Attention by Excitation Backprop"): a hit when the
+    heatmap's maximum falls inside the object's mask.
+
+    ``x`` (N, C, H, W) normalised inputs, ``masks`` bool (N, H, W), ``targets`` (N,) classes to explain (default:
+    each image's predicted class). ``tolerance`` grows each mask by that many pixels, as the original game allows
+    (15 px at ImageNet scale) so a peak in a ring's hole or between stripes still counts.
+    """
+    if masks.shape != (x.shape[0], *x.shape[-2:]):
+        raise ValueError(f"expected masks of shape {(x.shape[0], *x.shape[-2:])}, got {tuple(masks.shape)}")
+    grown = masks.float()
+    if tolerance > 0:
+        grown = F.max_pool2d(grown[:, None], 2 * tolerance + 1, stride=1, padding=tolerance)[:, 0]
+    hits = 0
+    for i in range(x.shape[0]):
+        target = None if targets is None else int(targets[i])
+        heat = compute(model, x[i: i + 1], layer=layer, target=target, method=method).heatmap
+        peak = int(heat.flatten().argmax())
+        hits += bool(grown[i].flatten()[peak] > 0)
+    return PointingResult(hits, x.shape[0])

@@ -81,6 +81,13 @@ _SDF: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...] = (
     _circle, _square, _triangle, _cross, _star, _ring, _horizontal_stripes, _vertical_stripes,
 )
 _STRIPES = (CLASS_NAMES.index("horizontal stripes"), CLASS_NAMES.index("vertical stripes"))
+# Where each object *is*, for its mask: its outline filled in. A ring's hole and the gaps between stripes belong to
+# the object (Grad-CAM rightly points there); the solid shapes are their own region.
+_REGION: dict[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    CLASS_NAMES.index("ring"): lambda u, v: torch.hypot(u, v) - 0.92,
+    _STRIPES[0]: lambda u, v: _box(u, v, 0.55, 0.85),
+    _STRIPES[1]: lambda u, v: _box(v, u, 0.55, 0.85),
+}
 
 
 def _uniform(shape: tuple[int, ...], lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
@@ -160,18 +167,23 @@ def _draw(p: dict[str, torch.Tensor], size: int, g: torch.Generator) -> tuple[to
     r = p["radius"][:, None, None]
     u, v = (cos * dx + sin * dy) / r, (cos * dy - sin * dx) / r
     sdf = torch.empty(n, size, size)
+    region = torch.empty(n, size, size)
     for label, shape in enumerate(_SDF):
         idx = (p["label"] == label).nonzero().squeeze(1)
         sdf[idx] = shape(u[idx], v[idx]) * r[idx]  # in pixels, so the soft edge below is one pixel wide
+        region[idx] = _REGION[label](u[idx], v[idx]) * r[idx] if label in _REGION else sdf[idx]
     coverage = (0.5 - sdf).clamp(0, 1)
     image.lerp_(p["object_colour"][:, :, None, None].expand_as(image), coverage[:, None])
 
     image += torch.randn(image.shape, generator=g) * p["noise"][:, None, None, None]
-    return image.clamp_(0, 1), coverage > 0.5
+    return image.clamp_(0, 1), region < 0
 
 
 def generate(n: int, seed: int = 0, size: int = DEFAULT_SIZE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """n images (N, 3, size, size) uint8, labels (N,) int64, masks (N, size, size) bool of where the object is."""
+    """n images (N, 3, size, size) uint8, labels (N,) int64, masks (N, size, size) bool of where the object is.
+
+    A mask is the object's outline filled in: the ring's hole and the gaps between stripes are part of the object.
+    """
     if n < 0:
         raise ValueError(f"expected n >= 0 images, got {n}")
     if size < 16:

@@ -4,13 +4,19 @@ import pandas as pd
 import streamlit as st
 
 from cnnviz import explain, figures, gradcam, images, probe
-from cnnviz.ui import cache, state, widgets
+from cnnviz.ui import cache, links, state, widgets
 from cnnviz.ui.cache import figure_png
 
 st.title("Explore an image")
 sm = state.current()
 model, info = sm.ckpt.model, sm.ckpt.info
 st.caption(f"Looking inside {widgets.model_summary(sm)}")
+SHARED = {"explore_filter_layer": str, "explore_filter_index": int, "explore_map_layer": str, "explore_channel": int,
+          "explore_pool_layer": str, "explore_pool_channel": int, "explore_cam_method": str, "explore_cam_layer": str,
+          "explore_cam_class": int, "explore_cam_alpha": float, "explore_resize": str, "explore_invert": str}
+links.restore(SHARED)
+links.valid("explore_resize", list(images.RESIZE_POLICIES))
+links.valid("explore_invert", ["auto", "on", "off"])
 
 # --- pick -------------------------------------------------------------------------------------------------------
 pick_col, prep_col = st.columns([1, 2], gap="large")
@@ -60,6 +66,7 @@ def show(png: bytes, name: str, dl_key: str) -> None:
 with tab_f:
     weights = probe.filters(model)
     conv_names = list(weights)
+    links.valid("explore_filter_layer", conv_names)
     layer = st.selectbox("Conv layer", conv_names, key="explore_filter_layer")
     w = weights[layer]
     first = layer == conv_names[0]
@@ -69,7 +76,8 @@ with tab_f:
         show(figure_png((sm.model_id, "filters", layer), lambda: figures.filter_grid(w, title=f"{layer}: "
              f"{w.shape[0]} filters of {w.shape[2]}×{w.shape[3]}")), f"filters-{layer}", "dl_filters")
     with c2:
-        f = st.number_input("Enlarge filter #", 0, w.shape[0] - 1, 0, key="explore_filter_index")
+        links.valid("explore_filter_index", list(range(w.shape[0])))
+        f = st.number_input("Enlarge filter #", 0, w.shape[0] - 1, key="explore_filter_index")
         st.image(figure_png((sm.model_id, "filter", layer, f), lambda: figures.filter_image(w[f])),
                  width="stretch")
         st.caption(f"Filter #{f} of {layer}, one panel per input channel, with its weights written in. Red weights "
@@ -78,12 +86,14 @@ with tab_f:
 # --- feature maps -----------------------------------------------------------------------------------------------
 with tab_m:
     map_layers = [n for n, r in ins.records.items() if r.output.ndim == 4]
+    links.valid("explore_map_layer", map_layers)
     layer = st.select_slider("Layer (slide to walk through the network in order)", map_layers,
-                             value=map_layers[0], key="explore_map_layer")
+                             key="explore_map_layer")
     rec = ins.records[layer]
     maps = rec.output[0]
     what(explain.feature_maps(rec, map_layers.index(layer) + 1, len(map_layers)))
-    channel = st.number_input("Look closer at channel #", 0, maps.shape[0] - 1, 0, key="explore_channel")
+    links.valid("explore_channel", list(range(maps.shape[0])))
+    channel = st.number_input("Look closer at channel #", 0, maps.shape[0] - 1, key="explore_channel")
     c1, c2 = st.columns([2, 1])
     with c1:
         show(figure_png(key + ("maps", layer, channel), lambda: figures.feature_grid(
@@ -106,25 +116,31 @@ with tab_p:
     if not pairs:
         st.info("This model has no pooling layers.")
     else:
+        links.valid("explore_pool_layer", list(pairs))
         name = st.selectbox("Pooling layer", list(pairs), key="explore_pool_layer")
         pair = pairs[name]
         what(explain.pooling(pair))
-        ch = st.number_input("Channel #", 0, pair.input.shape[0] - 1, 0, key="explore_pool_channel")
+        links.valid("explore_pool_channel", list(range(pair.input.shape[0])))
+        ch = st.number_input("Channel #", 0, pair.input.shape[0] - 1, key="explore_pool_channel")
         show(figure_png(key + ("pool", name, ch), lambda: figures.pooling_pair(pair, ch)), f"pooling-{name}",
              "dl_pool")
 
 # --- Grad-CAM ---------------------------------------------------------------------------------------------------
 with tab_g:
     cam_layers = [n for n, r in ins.records.items() if r.output.ndim == 4]
-    default = gradcam.default_layer(model)
+    links.valid("explore_cam_layer", cam_layers)
+    links.valid("explore_cam_method", list(gradcam.METHODS))
+    links.valid("explore_cam_class", [-1, *range(info.num_classes)])
+    st.session_state.setdefault("explore_cam_layer", gradcam.default_layer(model))
     c = st.columns(4)
     method = c[0].radio("Method", list(gradcam.METHODS), key="explore_cam_method",
                         format_func={"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "saliency": "Saliency"}.get)
-    layer = c[1].selectbox("Layer", cam_layers, index=cam_layers.index(default) if default in cam_layers else 0,
-                           key="explore_cam_layer", disabled=method == "saliency")
+    layer = c[1].selectbox("Layer", cam_layers, key="explore_cam_layer", disabled=method == "saliency")
     predicted = int(ins.probs.argmax())
-    target = c[2].selectbox("Class", range(info.num_classes), index=predicted, key="explore_cam_class",
-                            format_func=lambda i: info.class_names[i] + (" (predicted)" if i == predicted else ""))
+    choice = c[2].selectbox("Class", [-1, *range(info.num_classes)], key="explore_cam_class",
+                            format_func=lambda i: f"the predicted one ({info.class_names[predicted]})" if i < 0
+                            else info.class_names[i])
+    target = predicted if choice < 0 else choice
     alpha = c[3].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="explore_cam_alpha")
     res = cache.cam(model, sm.model_id, ins.x, picked.key + resize + invert_choice, layer, target, method)
     what(explain.gradcam(method, layer, info.class_names[target], res.score))
@@ -141,3 +157,5 @@ with tab_g:
     for col, r, cls in ((cols[0], res, target), (cols[1], res_b, other)):
         col.image(figures.overlay_image(ins.prepared.display, r.heatmap, alpha), width="stretch",
                   caption=f"Evidence for '{info.class_names[cls]}' (score {r.score:.2f})")
+
+links.publish(list(SHARED))

@@ -1,2 +1,45 @@
+"""What each layer learns: receptive fields, the patches that excite each channel, synthesised inputs, evolution."""
+
 import streamlit as st
-st.title("hierarchy")
+
+from cnnviz import receptive
+from cnnviz.ui import links, state, views
+
+st.title("What each layer learns")
+st.markdown("Early layers of a CNN respond to simple things — edges, spots, colours. Each later layer combines the "
+            "maps of the one before, so it sees a bigger part of the image and can respond to textures, parts and "
+            "whole objects. This page shows that on **your** model.")
+sm = state.current()
+model, info = sm.ckpt.model, sm.ckpt.info
+presenter = st.session_state.get("presenter", False)
+test = views.test_split(sm)
+if test is None:
+    st.stop()
+
+st.header("1 · How much of the image each layer sees", divider="gray", anchor=False)
+fields = [f for f in receptive.receptive_fields(model, info.size) if f.name.startswith(("conv", "pool"))]
+c1, c2 = st.columns([3, 2])
+with c1:
+    views.receptive_fields(sm, test)
+c2.dataframe([{"layer": f.name, "window (pixels)": f"{f.size}×{f.size}", "step between cells": f.jump,
+               "map size": f"{f.out_size}×{f.out_size}"} for f in fields], hide_index=True)
+
+st.header("2 · What excites each channel", divider="gray", anchor=False)
+map_layers = [f.name for f in receptive.receptive_fields(model, info.size) if not f.name.startswith(("bn", "drop"))]
+links.restore({"hier_layer": str})
+links.valid("hier_layer", map_layers)
+layer = st.select_slider("Layer", map_layers, key="hier_layer")
+links.publish(["hier_layer"])
+left, right = st.columns(2)
+with left:
+    st.subheader("The test images it fires on most", anchor=False)
+    views.top_patches(sm, test, layer, rows=8 if presenter else 12)
+with right:
+    st.subheader("The input it likes best", anchor=False)
+    views.maximized(sm, layer, limit=12)
+
+st.header("3 · All layers side by side", divider="gray", anchor=False)
+views.overview(sm, test)
+
+st.header("4 · How the first filters grew during training", divider="gray", anchor=False)
+views.evolution(sm, key="hier_frame")

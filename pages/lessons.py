@@ -1,2 +1,80 @@
+"""Lessons: short guided steps a teacher can run on a projector; each step shows what it says, on the current model."""
+
 import streamlit as st
-st.title("lessons")
+
+from cnnviz import lessons
+from cnnviz.ui import links, state, views
+
+sm = state.current()
+ids = [x.id for x in lessons.LESSONS]
+links.restore({"lesson": str, "step": int})
+links.valid("lesson", ids)
+presenter = st.session_state.get("presenter", False)
+
+if "lesson" not in st.session_state:
+    st.title("Lessons")
+    st.markdown("Short guided lessons for a class or for yourself. Each step says one thing and shows it, on the "
+                "model you have now. Turn on **Presenter mode** in the sidebar for a projector, and share a lesson "
+                "with the link in your browser's address bar.")
+    for lesson in lessons.LESSONS:
+        with st.container(border=True):
+            st.subheader(lesson.title, anchor=False)
+            st.write(f"{lesson.goal} · {len(lesson.steps)} steps · about {lesson.minutes} minutes")
+            if st.button("Start", key=f"start_{lesson.id}", icon=":material/play_arrow:"):
+                st.session_state.lesson, st.session_state.step = lesson.id, 0
+                st.rerun()
+    st.stop()
+
+lesson = lessons.get(st.session_state.lesson)
+n = len(lesson.steps)
+i = min(max(0, int(st.session_state.get("step", 0))), n - 1)
+step = lesson.steps[i]
+st.query_params.update({"lesson": lesson.id, "step": str(i)})
+
+st.caption(f"Lesson · {lesson.title} · step {i + 1} of {n}")
+st.progress((i + 1) / n)
+st.title(step.title)
+st.markdown(f"### {step.text}" if presenter else step.text)
+if sm.ckpt.info.name != "shapes" and step.view in ("pointing", "gradcam"):
+    st.caption("These lessons are written for the shapes dataset; with another model the pictures differ.")
+
+split = views.test_split(sm)
+if split is None:
+    st.stop()
+p = step.params
+if step.view == "filters":
+    views.filters(sm)
+elif step.view == "feature_maps":
+    views.feature_maps(sm, split, p.get("layer"))
+elif step.view == "top_patches":
+    views.top_patches(sm, split, p.get("layer"), rows=6 if presenter else 8)
+elif step.view == "pooling":
+    views.pooling(sm, split)
+elif step.view == "receptive":
+    views.receptive_fields(sm, split)
+elif step.view == "maximize":
+    views.maximized(sm, p.get("layer"), limit=8)
+elif step.view == "overview":
+    views.overview(sm, split)
+elif step.view == "gradcam":
+    views.gradcam_grid(sm, split, wrong=p.get("wrong", False))
+elif step.view == "pointing":
+    views.pointing(sm, split)
+elif step.view == "evolution":
+    views.evolution(sm, key="lesson_frame")
+elif step.view == "train_link":
+    st.page_link("pages/train.py", label=f"Open the Train page with {p['train_size']} training images and "
+                                         f"{p['train_epochs']} epochs", icon=":material/model_training:",
+                 query_params={"train_size": p["train_size"], "train_epochs": p["train_epochs"]})
+
+nav = st.columns([1, 1, 4])
+if nav[0].button("Back", icon=":material/arrow_back:", disabled=i == 0, key="lesson_back"):
+    st.session_state.step = i - 1
+    st.rerun()
+if nav[1].button("Next", icon=":material/arrow_forward:", disabled=i == n - 1, key="lesson_next", type="primary"):
+    st.session_state.step = i + 1
+    st.rerun()
+if nav[2].button("All lessons", icon=":material/list:", key="lesson_list"):
+    del st.session_state.lesson
+    st.query_params.clear()
+    st.rerun()

@@ -5,7 +5,7 @@ import streamlit as st
 
 from cnnviz import data, figures, models, train
 from cnnviz.data import DatasetError
-from cnnviz.ui import jobs, state, widgets
+from cnnviz.ui import jobs, links, state, widgets
 from cnnviz.ui.cache import figure_png
 
 st.title("Train a CNN")
@@ -14,10 +14,12 @@ st.caption("Pick a dataset and an architecture, press **Train**, and watch the n
 
 # --- 1. Data -----------------------------------------------------------------------------------------------------
 st.header("1 · Data", divider="gray", anchor=False)
+SHARED = {"train_dataset": str, "train_size": str, "train_preset": str, "train_epochs": int, "train_batch": int,
+          "train_lr": float, "train_opt": str, "train_seed": int, "train_augment": links.flag}
+links.restore(SHARED)
 names = list(data.DATASETS)
-ds_name = st.selectbox("Dataset", names, format_func=lambda n: data.DATASETS[n].title, key="train_dataset",
-                       index=names.index(st.query_params.get("dataset", "shapes"))
-                       if st.query_params.get("dataset") in names else 0)
+links.valid("train_dataset", names)
+ds_name = st.selectbox("Dataset", names, format_func=lambda n: data.DATASETS[n].title, key="train_dataset")
 info = data.info(ds_name)
 st.caption(f"{info.description} Classes: {', '.join(info.class_names)}.")
 try:
@@ -31,12 +33,14 @@ st.image(figure_png(("samples", ds_name), lambda: figures.sample_grid(
     sample.x, [info.class_names[int(y)] for y in sample.y], cols=16,
     title=f"Training images ({len(train_split):,} in all, {len(test_split):,} to test)")), width="stretch")
 sizes = {"all": len(train_split), **{f"{n:,}": n for n in (200, 1000, 5000) if n < len(train_split)}}
-n_train = st.select_slider("Training images to use", list(sizes), value="all", key="train_size",
+links.valid("train_size", list(sizes))
+n_train = st.select_slider("Training images to use", list(sizes), key="train_size",
                            help="Fewer images train faster, and very few show overfitting: perfect on the "
                                 "training images, worse on new ones.")
 
 # --- 2. Architecture ---------------------------------------------------------------------------------------------
 st.header("2 · Architecture", divider="gray", anchor=False)
+links.valid("train_preset", list(models.PRESETS))
 preset = st.radio("Preset", list(models.PRESETS), horizontal=True, key="train_preset",
                   captions=[p["description"] for p in models.PRESETS.values()])
 spec = models.preset(preset, info.channels, info.size, info.num_classes)
@@ -73,15 +77,23 @@ st.caption(f"**{total_params:,} parameters** to learn. Each conv layer's output 
 # --- 3. Settings and training ------------------------------------------------------------------------------------
 st.header("3 · Train", divider="gray", anchor=False)
 c = st.columns(6)
-epochs = c[0].number_input("Epochs", 1, 50, 2, key="train_epochs",
+LRS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0]
+links.valid("train_epochs", list(range(1, 51)))
+links.valid("train_batch", [32, 64, 128, 256])
+links.valid("train_lr", LRS)
+links.valid("train_opt", list(train.OPTIMIZERS))
+st.session_state.setdefault("train_epochs", info.epochs)
+st.session_state.setdefault("train_batch", 128)
+st.session_state.setdefault("train_lr", 0.005)
+epochs = c[0].number_input("Epochs", 1, 50, key="train_epochs",
                            help="Passes over the training images (small sets get more steps so they still learn).")
-batch = c[1].selectbox("Batch size", [32, 64, 128, 256], index=2, key="train_batch")
-lr = c[2].select_slider("Learning rate", [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0], 0.005,
-                        key="train_lr", help="The peak of a one-cycle schedule. Very high values make training "
+batch = c[1].selectbox("Batch size", [32, 64, 128, 256], key="train_batch")
+lr = c[2].select_slider("Learning rate", LRS, key="train_lr", help="The peak of a one-cycle schedule. Very high values make training "
                                              "diverge — try 2.0 to see what that looks like.")
 optimizer = c[3].selectbox("Optimiser", train.OPTIMIZERS, key="train_opt")
-seed = c[4].number_input("Seed", 0, 10_000, 0, key="train_seed")
+seed = c[4].number_input("Seed", 0, 10_000, key="train_seed")
 augment = c[5].toggle("Augment", key="train_augment", help="Random small shifts, turns and zooms of each image.")
+links.publish(list(SHARED))
 config = train.TrainConfig(epochs=int(epochs), batch_size=batch, lr=lr, optimizer=optimizer, seed=int(seed),
                            augment=augment)
 

@@ -13,8 +13,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from cnnviz import figures, gradcam, images
-from cnnviz.data import DatasetInfo
+from cnnviz import figures, gradcam, images, maximize
+from cnnviz.data import DatasetInfo, Split
 from cnnviz.inspection import Inspection, inspect
 
 TTL = 3600
@@ -32,6 +32,13 @@ def cam(_model: nn.Module, model_id: str, _x: torch.Tensor, image_key: str, laye
         method: str) -> gradcam.CamResult:
     """Grad-CAM (or a friend) for one input ``(1, C, H, W)``; ``image_key`` stands for ``_x`` in the cache key."""
     return gradcam.compute(_model, _x, layer=layer, target=target, method=method)
+
+
+@st.cache_data(max_entries=32, ttl=TTL, show_spinner="Searching the test set…")
+def top_patches(_model: nn.Module, model_id: str, _split: Split, dataset: str, layer: str, k: int
+                ) -> dict[int, list[maximize.Patch]]:
+    """Each channel's ``k`` strongest test-set patches at ``layer`` (see :func:`maximize.top_patches`)."""
+    return maximize.top_patches(_model, _split, layer, k=k)
 
 
 @st.cache_data(max_entries=512, ttl=TTL, show_spinner=False)

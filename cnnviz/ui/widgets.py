@@ -12,7 +12,7 @@ from PIL import Image
 
 from cnnviz import checkpoint, images, models
 from cnnviz.data import DatasetError, DatasetInfo
-from cnnviz.ui import state
+from cnnviz.ui import links, state
 
 
 def model_summary(sm: state.SessionModel) -> str:
@@ -24,9 +24,30 @@ def model_summary(sm: state.SessionModel) -> str:
             f"{acc_text}")
 
 
+PRESENTER_CSS = """<style>
+html, body, [data-testid="stAppViewContainer"] { font-size: 21px; }
+[data-testid="stMarkdownContainer"] p, [data-testid="stCaptionContainer"] { font-size: 1.15rem; }
+h1 { font-size: 3rem !important; }
+</style>"""
+
+
+def presenter() -> bool:
+    """Presenter mode (``?presenter=1``): large type for a projector; pages show fewer controls."""
+    links.restore({"presenter": links.flag})
+    on = st.sidebar.toggle("Presenter mode", key="presenter", help="Large type and fewer controls, for a projector. "
+                                                                   "Add ?presenter=1 to a link to open it this way.")
+    if on:
+        st.html(PRESENTER_CSS)
+        st.query_params["presenter"] = "1"
+    elif "presenter" in st.query_params:
+        del st.query_params["presenter"]
+    return on
+
+
 def sidebar() -> None:
     """The current model, always visible, and the state of this session's training job."""
     sm = state.current()
+    presenter()
     with st.sidebar:
         st.markdown("#### Current model")
         st.markdown(model_summary(sm))
@@ -88,15 +109,22 @@ def _picked(data: bytes, label: str) -> PickedImage:
 def image_picker(info: DatasetInfo, key: str = "img") -> PickedImage | None:
     """Choose an image: from the test set, an upload, a drawing or the camera. Keeps the last good one."""
     last_key = f"{key}_last"
-    source = st.segmented_control("Image source", ["Test set", "Upload", "Draw", "Camera"], default="Test set",
-                                  key=f"{key}_source") or "Test set"
+    links.restore({f"{key}_class": str, f"{key}_seed": int})
+    links.valid(f"{key}_class", ["any"] + list(info.class_names))
+    # The source a user chose last stays chosen when they come back from another page.
+    st.session_state.setdefault(f"{key}_source", st.session_state.get(f"{key}_source_kept", "Test set"))
+    source = st.segmented_control("Image source", ["Test set", "Upload", "Draw", "Camera"], key=f"{key}_source")
+    source = source or "Test set"
+    st.session_state[f"{key}_source_kept"] = source
     picked: PickedImage | None = None
     if source == "Test set":
-        cols = st.columns([2, 1])
+        cols = st.columns([2, 1], vertical_alignment="bottom")
         wanted = cols[0].selectbox("Class", ["any"] + list(info.class_names), key=f"{key}_class")
         if cols[1].button("Another one", icon=":material/shuffle:", key=f"{key}_shuffle"):
             st.session_state[f"{key}_seed"] = st.session_state.get(f"{key}_seed", 0) + 1
-        picked = _pick_test(info, wanted, st.session_state.get(f"{key}_seed", 0))
+        seed = st.session_state.setdefault(f"{key}_seed", 0)
+        links.publish([f"{key}_class", f"{key}_seed"])
+        picked = _pick_test(info, wanted, seed)
     elif source == "Upload":
         up = st.file_uploader("Upload an image (PNG, JPEG, GIF, BMP, TIFF, WebP)", key=f"{key}_upload")
         if up is not None:

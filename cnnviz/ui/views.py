@@ -1,0 +1,176 @@
+"""Views shared by the Learn pages and the lessons: each draws one figure for the session's model, with its words."""
+
+from __future__ import annotations
+
+import streamlit as st
+import torch
+
+from cnnviz import data, explain, figures, gradcam, maximize, probe, receptive
+from cnnviz.data import DatasetError, Split
+from cnnviz.ui import cache, state
+from cnnviz.ui.cache import figure_png
+from cnnviz.ui.state import SessionModel
+
+
+def test_split(sm: SessionModel) -> Split | None:
+    try:
+        return state.dataset(sm.ckpt.info.name, train=False)
+    except DatasetError as e:
+        st.error(str(e))
+        return None
+
+
+def _layer(sm: SessionModel, wanted: str | None, kinds: tuple[str, ...]) -> str:
+    """``wanted`` if the model has it, else the first layer of the given kinds (models differ)."""
+    names = [n for k in kinds for n in probe.layer_names(sm.ckpt.model, k)]
+    return wanted if wanted in names else names[0]
+
+
+def filters(sm: SessionModel) -> None:
+    weights = probe.filters(sm.ckpt.model)
+    name, w = next(iter(weights.items()))
+    st.image(figure_png((sm.model_id, "filters", name), lambda: figures.filter_grid(
+        w, title=f"{name}: {w.shape[0]} filters of {w.shape[2]}×{w.shape[3]}")), width="stretch")
+    st.caption(explain.filters(name, tuple(w.shape), first=True))
+
+
+def feature_maps(sm: SessionModel, split: Split, layer: str | None = None, index: int = 0) -> None:
+    info = sm.ckpt.info
+    layer = _layer(sm, layer, ("activation", "conv"))
+    x = data.normalize(split.x[index: index + 1], info)
+    rec = probe.run(sm.ckpt.model, x)[layer]
+    a, b = st.columns([1, 3])
+    a.image(figures.to_png(figures.image_strip([("the image", figures.to_pil(figures.input_image(x, info)))])),
+            width="stretch")
+    b.image(figure_png((sm.model_id, "lesson-maps", layer, index), lambda: figures.feature_grid(
+        rec.output[0], title=f"{layer}: {explain.shape_words(tuple(rec.output.shape[1:]))}")), width="stretch")
+    st.caption(explain.feature_maps(rec, 1, 3))
+
+
+def top_patches(sm: SessionModel, split: Split, layer: str | None = None, rows: int = 8) -> None:
+    info = sm.ckpt.info
+    layer = _layer(sm, layer, ("activation", "pool", "conv"))
+    found = cache.top_patches(sm.ckpt.model, sm.model_id, split, info.name, layer, 6)
+    channels = sorted(found, key=lambda c: -found[c][0].value)[:rows]
+    rf = next(f for f in receptive.receptive_fields(sm.ckpt.model, info.size) if f.name == layer)
+    size = min(rf.size, info.size)
+    st.image(figure_png((sm.model_id, "patches", layer, rows), lambda: figures.patch_grid(
+        [(f"#{c}", [p.pixels for p in found[c]]) for c in channels], size=size,
+        title=f"{layer}: the 6 test patches each of its {len(channels)} busiest channels fires on most")),
+        width="stretch")
+    st.caption(f"Each row is one channel; each patch is the {size}×{size} window one cell of {layer} sees, cut from "
+               f"the test image where that channel fired hardest. What a row shares is what the channel detects.")
+
+
+def pooling(sm: SessionModel, split: Split, index: int = 0, channel: int | None = None) -> None:
+    x = data.normalize(split.x[index: index + 1], sm.ckpt.info)
+    pairs = probe.pooling_pairs(probe.run(sm.ckpt.model, x))
+    if not pairs:
+        st.info("This model has no pooling layer.")
+        return
+    pair = pairs[0]
+    if channel is None:  # the busiest channel shows the most
+        channel = int(pair.input.flatten(1).amax(1).argmax())
+    st.image(figure_png((sm.model_id, "lesson-pool", pair.name, index, channel), lambda: figures.pooling_pair(
+        pair, channel)), width="stretch")
+    st.caption(explain.pooling(pair))
+
+
+def receptive_fields(sm: SessionModel, split: Split) -> None:
+    info = sm.ckpt.info
+    fields = [f for f in receptive.receptive_fields(sm.ckpt.model, info.size) if f.name.startswith(("conv", "pool"))]
+    boxes = [(f"{f.name}: {f.size}×{f.size}", receptive.window(f, f.out_size // 2, f.out_size // 2, info.size))
+             for f in fields]
+    x = data.normalize(split.x[:1], info)
+    st.image(figure_png((sm.model_id, "rf"), lambda: figures.image_with_boxes(
+        figures.input_image(x, info), boxes, title="What one cell in the middle of each layer sees")),
+        width="stretch")
+    st.caption(explain.receptive_field(fields[-1].name, fields[-1].size, fields[-1].jump, info.size))
+
+
+def maximized(sm: SessionModel, layer: str | None = None, limit: int = 12, cols: int = 4) -> None:
+    """Activation maximisation for the first ``limit`` channels of a layer, with a progress bar; kept per session
+    so it runs once per layer."""
+    info, model = sm.ckpt.info, sm.ckpt.model
+    layer = _layer(sm, layer, ("activation", "pool", "conv"))
+    width = probe.run(model, torch.zeros(1, *info.input_shape))[layer].output.shape[1]
+    channels = list(range(min(limit, width)))
+    key = f"maxim::{sm.model_id}::{layer}::{limit}"
+    if key not in st.session_state:
+        bar = st.progress(0.0, text="Synthesising an input for each channel…")
+        results = maximize.maximize_layer(model, layer, info.input_shape, channels,
+                                          on_step=lambda i, n: bar.progress(i / n, text=f"Step {i} of {n}"))
+        bar.empty()
+        st.session_state[key] = results
+    results = st.session_state[key]
+    imgs = (data.denormalize(torch.stack([r.image for r in results]).cpu(), info) * 255).to(torch.uint8)
+    st.image(figures.to_png(figures.sample_grid(imgs, [f"#{r.channel}" for r in results], cols=cols,
+                                                title=f"{layer}: inputs made to excite each channel")),
+             width="stretch")
+    st.caption("Starting from noise, each picture was changed step by step to make one channel fire as strongly as "
+               "possible (activation maximisation, Erhan et al. 2009). Early layers give colours and edges; deeper "
+               "layers give bigger, more shape-like patterns.")
+
+
+def overview(sm: SessionModel, split: Split) -> None:
+    info = sm.ckpt.info
+    levels = [f for f in receptive.receptive_fields(sm.ckpt.model, info.size)
+              if probe.kind_of(probe.get_module(sm.ckpt.model, f.name)) in ("activation", "pool")]
+    rows = []
+    for f in levels:
+        found = cache.top_patches(sm.ckpt.model, sm.model_id, split, info.name, f.name, 6)
+        best = max(found, key=lambda c: found[c][0].value)
+        rows.append((f"{f.name}\n{f.size}×{f.size}", [p.pixels for p in found[best]]))
+    st.image(figure_png((sm.model_id, "overview"), lambda: figures.patch_grid(
+        rows, size=min(max(f.size for f in levels), info.size),
+        title="Busiest channel of each layer: its top 6 patches (window size under the name)")), width="stretch")
+    st.caption("One row per layer, first layer at the top. The windows grow and the patterns get more complex as you "
+               "go down — edges and colours, then textures, then parts of shapes.")
+
+
+def gradcam_grid(sm: SessionModel, split: Split, n: int = 6, wrong: bool = False) -> None:
+    """Grad-CAM overlays for ``n`` test images of different classes: predicted class, or a class not predicted."""
+    model, info = sm.ckpt.model, sm.ckpt.info
+    picks = [int((split.y == c).nonzero()[0]) for c in range(min(n, info.num_classes))]
+    cols = st.columns(len(picks))
+    for col, i in zip(cols, picks):
+        x = data.normalize(split.x[i: i + 1], info)
+        predicted = int(probe.predict(model, x).argmax())
+        target = (predicted + 1) % info.num_classes if wrong else predicted
+        res = cache.cam(model, sm.model_id, x, f"test-{i}", None, target, "gradcam")
+        col.image(figures.overlay_image(figures.input_image(x, info), res.heatmap, 0.5), width="stretch",
+                  caption=f"Grad-CAM for '{info.class_names[target]}' (true: {info.class_names[int(split.y[i])]})")
+
+
+@st.cache_data(max_entries=16, ttl=cache.TTL, show_spinner="Playing the pointing game on 200 test images…")
+def _pointing(_model, model_id: str, _split: Split, dataset: str, n: int) -> tuple[float, float]:
+    x = data.normalize(_split.x[:n], _split.info)
+    strict = gradcam.pointing_game(_model, x, _split.masks[:n]).rate
+    loose = gradcam.pointing_game(_model, x, _split.masks[:n], tolerance=1).rate
+    return strict, loose
+
+
+def pointing(sm: SessionModel, split: Split, n: int = 200) -> None:
+    if split.masks is None:
+        st.info("This dataset has no object masks, so the pointing game needs the shapes dataset.")
+        return
+    strict, loose = _pointing(sm.ckpt.model, sm.model_id, split, split.info.name, n)
+    c = st.columns(2)
+    c[0].metric("Heatmap peak on the object", f"{strict:.0%}", help=f"over the first {n} test images")
+    c[1].metric("…or within 1 pixel of it", f"{loose:.0%}")
+    st.caption("A random guess would land on the object about as often as the object's share of the image — a "
+               "fifth or less. Grad-CAM of a trained model does far better: it has learned to look at the shape.")
+
+
+def evolution(sm: SessionModel, key: str = "evolution_frame") -> None:
+    frames = sm.ckpt.filter_frames
+    if len(frames) < 2:
+        st.info("This model has no record of its training. Train one on the Train page to replay its filters.")
+        return
+    st.session_state.setdefault(key, len(frames) - 1)
+    i = st.slider("Training progress", 0, len(frames) - 1, key=key, format=f"frame %d of {len(frames) - 1}")
+    step, weights = frames[i]
+    st.image(figure_png((sm.model_id, "evolution", i), lambda: figures.filter_grid(
+        weights, title=f"First-layer filters after {step} training steps")), width="stretch")
+    st.caption("At step 0 the filters are random noise. Slide to the right: they turn into clean edge, colour and "
+               "spot detectors — nobody programmed them, they were learned from the images.")

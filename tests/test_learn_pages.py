@@ -1,0 +1,106 @@
+"""The Learn pages and lessons, driven through AppTest; links (query parameters) open the same state."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnnviz import lessons
+from test_pages import app, texts
+
+
+def test_convolution_page_numbers_equal_the_models_output():
+    at = app("pages/convolution.py")
+    assert any("the same number" in s.value for s in at.success), texts(at)
+    at.selectbox(key="conv_layer").set_value("conv2").run()
+    at.number_input(key="conv_channel").set_value(7).run()
+    at.slider(key="conv_row").set_value(0).run()
+    at.slider(key="conv_col").set_value(15).run()
+    assert not at.exception
+    assert any("conv2 output at channel 7, row 0, column 15" in s.value and "the same number" in s.value
+               for s in at.success)
+    assert "Batch norm (bn2)" in texts(at) and "relu2" in texts(at)
+    assert "Max pooling looks at the 2×2 window" in texts(at)
+
+
+def test_convolution_sweep_steps_through_cells():
+    at = app("pages/convolution.py")
+    at.button(key="conv_step_btn").click().run()
+    at.button(key="conv_step_btn").click().run()
+    assert at.session_state.conv_sweep == 2
+    at.button(key="conv_reset").click().run()
+    assert at.session_state.conv_sweep == 0 and not at.exception
+
+
+def test_hierarchy_page_shows_every_section():
+    at = app("pages/hierarchy.py")
+    assert not at.exception, [e.value for e in at.exception]
+    body = texts(at)
+    assert "One cell of **pool2** sees a 10×10 pixel window" in body
+    assert "activation maximisation" in body and "windows grow" in body
+    assert len(at.image) >= 5
+    at.select_slider(key="hier_layer").set_value("relu2").run()
+    assert not at.exception and "relu2" in texts(at)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lesson", lessons.LESSONS, ids=lambda x: x.id)
+def test_every_lesson_step_renders(lesson):
+    at = app("pages/lessons.py")
+    at.button(key=f"start_{lesson.id}").click().run()
+    for i, step in enumerate(lesson.steps):
+        assert not at.exception, (step.title, [e.value for e in at.exception])
+        assert at.title[0].value == step.title
+        assert at.query_params["lesson"] == lesson.id and at.query_params["step"] == str(i)
+        if i < len(lesson.steps) - 1:
+            at.button(key="lesson_next").click().run()
+    at.button(key="lesson_back").click().run()
+    assert at.title[0].value == lesson.steps[-2].title
+
+
+def test_lesson_link_opens_that_step():
+    from streamlit.testing.v1 import AppTest
+
+    from test_pages import APP
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"lesson": "gradcam", "step": "2", "presenter": "1"})
+    at.run()
+    at.switch_page("pages/lessons.py").run()
+    assert not at.exception
+    assert at.title[0].value == "How often does it point at the object?"
+    assert any(m.value.startswith("### Over many test images") for m in at.markdown)  # presenter mode: large type
+    on_object = next(m for m in at.metric if m.label == "Heatmap peak on the object")
+    assert float(on_object.value.rstrip("%")) > 40  # far above chance: the object covers a fifth of the image
+
+
+def test_explore_link_restores_the_view_and_ignores_nonsense():
+    from streamlit.testing.v1 import AppTest
+
+    from test_pages import APP
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"explore_map_layer": "pool1", "explore_channel": "3", "explore_cam_method": "nope",
+                            "explore_class": "ring", "explore_seed": "2"})
+    at.run()
+    at.switch_page("pages/explore.py").run()
+    assert not at.exception
+    assert at.select_slider(key="explore_map_layer").value == "pool1"
+    assert at.number_input(key="explore_channel").value == 3
+    assert at.radio(key="explore_cam_method").value == "gradcam"  # the bad value was dropped
+    assert "(a ring)" in texts(at)
+    at.number_input(key="explore_channel").set_value(4).run()
+    assert at.query_params["explore_channel"] == "4"
+
+
+def test_train_link_sets_up_the_overfitting_run():
+    from streamlit.testing.v1 import AppTest
+
+    from test_pages import APP
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"train_size": "200", "train_epochs": "30"})
+    at.run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    assert at.select_slider(key="train_size").value == "200"
+    assert at.number_input(key="train_epochs").value == 30
