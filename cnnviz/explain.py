@@ -74,10 +74,12 @@ def gradcam(method: str, layer: str, target: str, score: float) -> str:
         how = ("Saliency shows how much each input pixel would change the score for "
                f"**{target}** if it changed a little: speckled, but exact about single pixels.")
     else:
-        name = "Grad-CAM++" if method == "gradcam++" else "Grad-CAM"
-        how = (f"{name} asks: which parts of the image made the network say **{target}**? It weighs each map of "
-               f"**{layer}** by how much it raised that class's score (the gradient), adds them up and keeps the "
-               f"positive part.")
+        name = {"gradcam++": "Grad-CAM++", "hirescam": "HiResCAM"}.get(method, "Grad-CAM")
+        weigh = ("multiplies each map of **{layer}**, cell by cell, by how much that cell raised the class's score "
+                 if method == "hirescam" else
+                 "weighs each map of **{layer}** by how much it raised that class's score ").format(layer=layer)
+        how = (f"{name} asks: which parts of the image made the network say **{target}**? It {weigh}(the "
+               f"gradient), adds them up and keeps the positive part.")
     return how + " Red means 'this region spoke for the class', blue means it did not."
 
 

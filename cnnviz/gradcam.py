@@ -64,6 +64,13 @@ def _channel_weighted(weights: Callable[[Tensor, Tensor], Tensor]) -> Callable[[
     return cam
 
 
+def _hirescam(activations: Tensor, gradients: Tensor) -> Tensor:
+    """HiResCAM (h, w): sum_k dy^c/dA^k * A^k, cell by cell (Draelos & Carin 2020, "Use HiResCAM instead of
+    Grad-CAM for faithful explanations"). Without Grad-CAM's spatial averaging of the gradient, it shows the cells
+    the score really depends on, which matters for models that end in flatten + linear (like ours)."""
+    return (gradients * activations).sum(dim=0)
+
+
 def _saliency(activations: Tensor, gradients: Tensor) -> Tensor:
     """Saliency map (H, W): |dy^c/dx| maximised over colour channels (Simonyan et al. 2014, sec. 3.1)."""
     return gradients.abs().amax(dim=0)
@@ -80,6 +87,7 @@ class Method:
 METHODS: dict[str, Method] = {
     "gradcam": Method(_channel_weighted(_gradcam_weights)),
     "gradcam++": Method(_channel_weighted(_gradcam_pp_weights)),
+    "hirescam": Method(_hirescam),
     "saliency": Method(_saliency, on_input=True),
 }
 

@@ -11,6 +11,7 @@ st.title("Explore an image")
 sm = state.current()
 model, info = sm.ckpt.model, sm.ckpt.info
 st.caption(f"Looking inside {widgets.model_summary(sm)}")
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "saliency": "Saliency"}
 SHARED = {"explore_filter_layer": str, "explore_filter_index": int, "explore_map_layer": str, "explore_channel": int,
           "explore_pool_layer": str, "explore_pool_channel": int, "explore_cam_method": str, "explore_cam_layer": str,
           "explore_cam_class": int, "explore_cam_alpha": float, "explore_resize": str, "explore_invert": str}
@@ -134,7 +135,9 @@ with tab_g:
     st.session_state.setdefault("explore_cam_layer", gradcam.default_layer(model))
     c = st.columns(4)
     method = c[0].radio("Method", list(gradcam.METHODS), key="explore_cam_method",
-                        format_func={"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "saliency": "Saliency"}.get)
+                        format_func=METHOD_NAMES.get,
+                        help="Grad-CAM is the classic. HiResCAM is more faithful for models that end in a flatten "
+                             "and a linear layer (like ours). Saliency looks at single input pixels.")
     layer = c[1].selectbox("Layer", cam_layers, key="explore_cam_layer", disabled=method == "saliency")
     predicted = int(ins.probs.argmax())
     choice = c[2].selectbox("Class", [-1, *range(info.num_classes)], key="explore_cam_class",

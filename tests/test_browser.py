@@ -78,12 +78,41 @@ def test_explore_page_upload_photo_and_bad_file(app_url, tmp_path):
         for tab in ("Feature maps", "Pooling", "Grad-CAM"):
             page.get_by_role("tab", name=tab).click()
             wait_until_idle(page)
+            page.screenshot(path=str(SCREENSHOTS / f"explore-{tab.lower().replace(' ', '-')}.png"), full_page=True)
             panel = page.locator('[role="tabpanel"]:visible')
             assert panel.locator('[data-testid="stImage"] img').count() >= 1, tab
-            page.screenshot(path=str(SCREENSHOTS / f"explore-{tab.lower().replace(' ', '-')}.png"), full_page=True)
         assert_no_exception(page)
         page.locator('input[type="file"]').set_input_files(str(junk))
         page.get_by_text("This file is not an image").wait_for(timeout=30_000)
         wait_until_idle(page)
         assert page.get_by_text("The network is").count() == 1  # the last good image and its views stay
         assert_no_exception(page)
+
+
+def test_lesson_link_opens_the_lesson_in_presenter_mode(app_url):
+    with browser_page() as page:
+        _goto(page, app_url, "lessons?lesson=deeper&step=1&presenter=1", "What excites the first layer")
+        page.get_by_text("Step 2 of 4", exact=False).wait_for()
+        page.locator('[data-testid="stImage"] img').first.wait_for(timeout=60_000)
+        assert_no_exception(page)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "lesson.png"), full_page=True)
+        page.get_by_role("button", name="Next").click()
+        page.get_by_role("heading", name="What excites a deeper layer").wait_for()
+        wait_until_idle(page)
+        assert "step=2" in page.url and "lesson=deeper" in page.url
+        assert_no_exception(page)
+
+
+@pytest.mark.parametrize("path, title, shot", [
+    ("convolution", "Convolution step by step", "convolution.png"),
+    ("hierarchy", "What each layer learns", "hierarchy.png"),
+])
+def test_learn_pages_render(app_url, path, title, shot):
+    with browser_page() as page:
+        _goto(page, app_url, path, title)
+        page.locator('[data-testid="stImage"] img').nth(2).wait_for(timeout=60_000)
+        wait_until_idle(page)
+        assert_no_exception(page)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / shot), full_page=True)

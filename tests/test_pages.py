@@ -202,6 +202,7 @@ def test_explore_controls_change_views_without_errors():
     at.select_slider(key="explore_map_layer").set_value("pool2").run()
     at.number_input(key="explore_channel").set_value(5).run()
     at.radio(key="explore_cam_method").set_value("gradcam++").run()
+    at.radio(key="explore_cam_method").set_value("hirescam").run()
     at.selectbox(key="explore_cam_class").set_value(3).run()
     at.radio(key="explore_cam_method").set_value("saliency").run()
     at.selectbox(key="explore_filter_layer").set_value("conv2").run()
