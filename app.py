@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-from cnnviz.ui import widgets
+from cnnviz.ui import jobs, widgets
 
+jobs.use_server_threads()
 st.set_page_config(page_title="cnnviz: see inside a CNN", page_icon=":material/visibility:", layout="wide")
 
 pages = {

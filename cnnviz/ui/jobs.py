@@ -28,6 +28,17 @@ _slots = threading.BoundedSemaphore(MAX_JOBS)
 _running = 0  # jobs holding a slot, for the "waiting" message
 _running_lock = threading.Lock()
 
+# One PyTorch thread per operation: a server answers many small requests at once, and with every core busy,
+# multi-threaded small ops spin and wait far longer than they compute. Set per thread (OpenMP keeps it per thread).
+TORCH_THREADS = int(os.environ.get("CNNVIZ_TORCH_THREADS", 0)) or 1
+
+
+def use_server_threads() -> None:
+    """Apply :data:`TORCH_THREADS` to the calling thread (each script run and each job thread calls this)."""
+    if torch.get_num_threads() != TORCH_THREADS:
+        torch.set_num_threads(TORCH_THREADS)
+
+
 FILTER_EVERY = 10  # steps between copies of the first layer's filters for the live view
 REPLAY_FRAMES = 30  # copies kept for replaying how the filters evolved, spread over the run
 
@@ -91,6 +102,7 @@ class TrainingJob:
 
     def _run(self) -> None:
         global _running
+        use_server_threads()
         while not _slots.acquire(timeout=0.25):
             if self._stop.is_set():
                 self._update(status="stopped", message="Stopped before it started.")

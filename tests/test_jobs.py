@@ -1,0 +1,86 @@
+"""The background training job: runs outside the caller, reports snapshots, stops, queues behind a server limit."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from cnnviz import models, train
+from cnnviz.ui import jobs
+
+
+@pytest.fixture
+def small(shapes_small):
+    tr, te = shapes_small
+    return models.preset("tiny", 3, 32, tr.info.num_classes), tr.subset(512), te.subset(200)
+
+
+def test_job_trains_in_background_and_reports(small):
+    spec, tr, te = small
+    job = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, min_steps=20, batch_size=64)).start()
+    snap = jobs.wait_for(job, 120)
+    assert snap.status == "finished" and snap.step == snap.total_steps == 20
+    assert len(snap.history["steps"]) == 20 and snap.history["epochs"]
+    assert snap.result is not None and snap.evaluation is not None
+    assert snap.result.metrics["test_accuracy"] == snap.evaluation.accuracy
+    frames = snap.result.filter_frames
+    assert frames[0][0] == 0 and frames[-1][0] == 20 and not torch.equal(frames[0][1], frames[-1][1])
+    assert snap.filters.shape == (16, 3, 3, 3)
+
+
+def test_snapshot_is_a_copy(small):
+    spec, tr, te = small
+    job = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, min_steps=10, batch_size=64)).start()
+    jobs.wait_for(job, 120)
+    a = job.snapshot()
+    a.history["steps"].clear()
+    assert len(job.snapshot().history["steps"]) == 10
+
+
+def test_stop_ends_the_job_with_its_last_good_model(small):
+    spec, tr, te = small
+    job = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=50, batch_size=32)).start()
+    deadline = time.monotonic() + 60
+    while job.snapshot().step < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    job.stop()
+    snap = jobs.wait_for(job, 60)
+    assert snap.status == "stopped" and snap.step < snap.total_steps
+    assert snap.result is not None and all(torch.isfinite(p).all() for p in snap.result.model.parameters())
+
+
+def test_jobs_beyond_the_limit_wait_in_line_and_can_be_stopped(small, monkeypatch):
+    spec, tr, te = small
+    monkeypatch.setattr(jobs, "_slots", threading.BoundedSemaphore(1))
+    monkeypatch.setattr(jobs, "MAX_JOBS", 1)
+    first = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=50, batch_size=32)).start()
+    second = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, min_steps=5, batch_size=32)).start()
+    deadline = time.monotonic() + 30
+    while "Waiting for a free training slot" not in second.snapshot().message:
+        assert time.monotonic() < deadline, second.snapshot()
+        time.sleep(0.05)
+    assert second.snapshot().status == "queued" and second.snapshot().active
+    first.stop()
+    snap = jobs.wait_for(second, 120)
+    assert snap.status == "finished"  # it got the slot once the first job let go of it
+    assert jobs.wait_for(first, 60).status == "stopped"
+    third = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=50, batch_size=32)).start()
+    fourth = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, batch_size=32)).start()
+    time.sleep(0.5)
+    fourth.stop()  # stopping a queued job ends it without training
+    assert jobs.wait_for(fourth, 30).status == "stopped" and fourth.snapshot().step == 0
+    third.stop()
+    jobs.wait_for(third, 60)
+
+
+def test_two_sessions_train_two_models_independently(small):
+    spec, tr, te = small
+    a = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, min_steps=15, batch_size=64, seed=1)).start()
+    b = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, min_steps=15, batch_size=64, seed=2)).start()
+    sa, sb = jobs.wait_for(a, 120), jobs.wait_for(b, 120)
+    assert sa.result.model is not sb.result.model
+    assert not torch.equal(sa.result.model.conv1.weight, sb.result.model.conv1.weight)
