@@ -29,5 +29,5 @@ def trained_shapes(shapes_small):
     tr, te = shapes_small
     spec = models.preset("tiny", 3, 32, tr.info.num_classes)
     model = models.build(spec, seed=0)
-    train.fit(model, tr, train.TrainConfig(epochs=1, min_steps=150, batch_size=64, lr=0.01))
+    train.fit(model, tr, train.TrainConfig(epochs=1, min_steps=300, batch_size=64))
     return model, spec, tr, te
