@@ -62,8 +62,8 @@ show_in = list(range(min(n_in, 3 if presenter else 4)))
 st.subheader("Multiply and add", anchor=False)
 for i in show_in:
     st.image(figure_png((sm.model_id, picked.key, "convnum", layer, channel, row, col, i), lambda i=i: figures.number_grid(
-        [(f"input under the window (channel {i})", step.patch[i]), (f"× weights of filter #{channel}", step.kernel[i]),
-         (f"= products, sum {float(step.per_channel_sums[i]):.3f}", step.products[i])])), width="stretch")
+        [(f"input, channel {i}", step.patch[i]), (f"× weights #{channel}", step.kernel[i]),
+         (f"= products (sum {float(step.per_channel_sums[i]):.3f})", step.products[i])])), width="stretch")
 if n_in > len(show_in):
     st.caption(f"… and {n_in - len(show_in)} more input channels, computed the same way.")
 

@@ -141,24 +141,28 @@ with tab_g:
     layer = c[1].selectbox("Layer", cam_layers, key="explore_cam_layer", disabled=method == "saliency")
     predicted = int(ins.probs.argmax())
     choice = c[2].selectbox("Class", [-1, *range(info.num_classes)], key="explore_cam_class",
-                            format_func=lambda i: f"the predicted one ({info.class_names[predicted]})" if i < 0
-                            else info.class_names[i])
+                            format_func=lambda i: "the predicted class" if i < 0 else info.class_names[i])
     target = predicted if choice < 0 else choice
     alpha = c[3].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="explore_cam_alpha")
     res = cache.cam(model, sm.model_id, ins.x, picked.key + resize + invert_choice, layer, target, method)
     what(explain.gradcam(method, layer, info.class_names[target], res.score))
-    show(figure_png(key + ("cam", layer, target, method, alpha), lambda: figures.overlay(
-        ins.prepared.display, res.heatmap, alpha=alpha, title=f"Why '{info.class_names[target]}'?")),
-         "gradcam", "dl_cam")
-    st.markdown("**Why one class and not another?**")
-    others = [i for i in range(info.num_classes) if i != target]
-    runner = int(ins.probs.argsort(descending=True)[1]) if target == predicted else predicted
-    other = st.selectbox("Compare with", others, index=others.index(runner), key="explore_cam_other",
-                         format_func=lambda i: info.class_names[i])
-    res_b = cache.cam(model, sm.model_id, ins.x, picked.key + resize + invert_choice, layer, other, method)
-    cols = st.columns(2)
-    for col, r, cls in ((cols[0], res, target), (cols[1], res_b, other)):
-        col.image(figures.overlay_image(ins.prepared.display, r.heatmap, alpha), width="stretch",
-                  caption=f"Evidence for '{info.class_names[cls]}' (score {r.score:.2f})")
+    c1, c2 = st.columns([3, 2])
+    with c1:
+        show(figure_png(key + ("cam", layer, target, method, alpha), lambda: figures.overlay(
+            ins.prepared.display, res.heatmap, alpha=alpha, title=f"Why '{info.class_names[target]}'?")),
+             "gradcam", "dl_cam")
+    with c2:
+        st.markdown("**Why one class and not another?**")
+        others = [i for i in range(info.num_classes) if i != target]
+        runner = int(ins.probs.argsort(descending=True)[1]) if target == predicted else predicted
+        other = st.selectbox("Compare with", others, index=others.index(runner), key=f"explore_cam_other_{target}",
+                             format_func=lambda i: info.class_names[i])
+        res_b = cache.cam(model, sm.model_id, ins.x, picked.key + resize + invert_choice, layer, other, method)
+        cols = st.columns(2)
+        for col, r, cls in ((cols[0], res, target), (cols[1], res_b, other)):
+            col.image(figures.overlay_image(ins.prepared.display, r.heatmap, alpha).resize((160, 160), 0),
+                      width="stretch", caption=f"'{info.class_names[cls]}' (score {r.score:.2f})")
+        st.caption("The score is the network's raw vote for a class before the softmax: the class with the "
+                   "highest score wins. Where the two heatmaps differ is what told the classes apart.")
 
 links.publish(list(SHARED))
