@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from cnnviz.ui import jobs, widgets
+from cnnviz.ui import jobs, links, widgets
 
 jobs.use_server_threads()
 st.set_page_config(page_title="cnnviz: see inside a CNN", page_icon=":material/visibility:", layout="wide")
@@ -17,6 +17,7 @@ pages = {
         st.Page("pages/lessons.py", title="Lessons", icon=":material/school:"),
     ],
 }
+links.keep()
 nav = st.navigation(pages)
 widgets.sidebar()
 nav.run()

@@ -15,7 +15,7 @@ from typing import BinaryIO
 import torch
 from torch import nn
 
-from cnnviz.data import DatasetInfo
+from cnnviz.data import DATASETS, DatasetInfo
 from cnnviz.models import ModelSpec, SpecError, build
 from cnnviz.train import History
 
@@ -111,5 +111,10 @@ def load(source: str | os.PathLike | bytes | BinaryIO) -> Checkpoint:
         ) from None
     if spec.num_classes != info.num_classes:
         raise CheckpointError("This cnnviz model file is inconsistent: its classes do not match its output layer.")
+    if (spec.in_channels, spec.image_size) != (info.channels, info.size):
+        raise CheckpointError("This cnnviz model file is inconsistent: its input shape does not match its dataset.")
+    if info.name not in DATASETS:
+        raise CheckpointError(f"This model was trained on '{info.name}', a dataset this version of cnnviz does not "
+                              f"know ({', '.join(DATASETS)}).")
     model.eval()
     return Checkpoint(model, spec, info, history, dict(payload.get("metrics") or {}), filter_frames)

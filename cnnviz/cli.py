@@ -105,8 +105,8 @@ def _inspect(args: argparse.Namespace) -> int:
     (out / "gradcam.png").write_bytes(figures.to_png(figures.overlay(
         ins.prepared.display, cam.heatmap, title=f"Grad-CAM for '{info.class_names[cam.target]}' at {cam.layer}")))
     np.save(out / "gradcam.npy", cam.heatmap.numpy().astype(np.float32))
-    print(f"{top[0][0]} ({top[0][1]:.1%}); wrote prediction.json, input.npy, feature_maps/, filters.png, "
-          f"pooling.png, gradcam.png and gradcam.npy to {out}")
+    written = ["prediction.json", "input.npy", "feature_maps/", "filters.png"] + (["pooling.png"] if pairs else [])
+    print(f"{top[0][0]} ({top[0][1]:.1%}); wrote {', '.join(written)}, gradcam.png and gradcam.npy to {out}")
     return 0
 
 
@@ -136,10 +136,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _learning_rate(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    if not 0 < value < 10:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 10, got {value}")
     return value
 
 
@@ -155,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive_int, default=None,
                    help="passes over the training data (default: the dataset's own, e.g. 4 for shapes, 2 for mnist)")
     t.add_argument("--batch-size", type=_positive_int, default=128)
-    t.add_argument("--lr", type=_positive_float, default=0.005, help="peak learning rate (one-cycle schedule)")
+    t.add_argument("--lr", type=_learning_rate, default=0.005, help="peak learning rate (one-cycle schedule)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--augment", action="store_true", help="random shifts, rotations and zooms while training")
     t.add_argument("--out", type=Path, default=None, help="save the trained model here (.pt)")

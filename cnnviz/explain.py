@@ -34,11 +34,15 @@ def prediction(top: list[tuple[str, float]]) -> str:
 
 def filters(name: str, weight_shape: tuple[int, ...], first: bool) -> str:
     out_c, in_c, kh, kw = weight_shape
-    what = ("Each small square is one filter: a pattern of weights the layer slides over the image. Bright and "
-            "dark parts show what it responds to — edges of a certain direction, spots, colours.")
+    what = ("Each small square is one filter: a pattern of weights the layer slides over its input. "
+            + ("In colour, a filter shows the colour pattern it responds to; grey means weight 0. "
+               if first and in_c == 3 else
+               "Red weights add where the input is bright, blue ones subtract. ")
+            + "Side by side, they show what the layer looks for — edges of a certain direction, spots, colours.")
     if first:
         detail = (f" This is the first layer, so its {out_c} filters of {kh}×{kw} pixels look straight at the image "
-                  f"and are easy to read: they are the network's 'edge and colour detectors'.")
+                  f"and are easy to read: they are the network's first detectors of edges"
+                  f"{' and colours' if in_c == 3 else ''}.")
     else:
         detail = (f" {name} has {out_c} filters, each {kh}×{kw} over the {in_c} maps of the layer before, not over "
                   f"pixels; what is shown is their average over those maps, so they are harder to read than the "
@@ -71,8 +75,10 @@ def pooling(pair: PoolPair) -> str:
 
 def gradcam(method: str, layer: str, target: str, score: float) -> str:
     if method == "saliency":
-        how = ("Saliency shows how much each input pixel would change the score for "
-               f"**{target}** if it changed a little: speckled, but exact about single pixels.")
+        return ("Saliency shows how much the score for "
+                f"**{target}** would change if each input pixel changed a little: speckled, but exact about single "
+                "pixels. Red means 'this pixel matters a lot' (for or against the class), blue means it hardly "
+                "matters.")
     else:
         name = {"gradcam++": "Grad-CAM++", "hirescam": "HiResCAM"}.get(method, "Grad-CAM")
         weigh = ("multiplies each map of **{layer}**, cell by cell, by how much that cell raised the class's score "
@@ -80,7 +86,8 @@ def gradcam(method: str, layer: str, target: str, score: float) -> str:
                  "weighs each map of **{layer}** by how much it raised that class's score ").format(layer=layer)
         how = (f"{name} asks: which parts of the image made the network say **{target}**? It {weigh}(the "
                f"gradient), adds them up and keeps the positive part.")
-    return how + " Red means 'this region spoke for the class', blue means it did not."
+    return (how + " Red means 'this region spoke for the class', blue means it did not. Each heatmap is stretched "
+                  "to its own maximum, so compare classes by their scores, not by how red they look.")
 
 
 def receptive_field(name: str, size: int, jump: int, image_size: int) -> str:

@@ -32,9 +32,9 @@ class Inspection:
         p, i = self.probs.topk(min(k, len(self.probs)))
         return [(info.class_names[j], float(q)) for q, j in zip(p.tolist(), i.tolist())]
 
-    def layers(self, *kinds: str) -> list[str]:
-        """Names of the recorded layers of the given kinds (all when none given), in forward order."""
-        return [n for n, r in self.records.items() if not kinds or r.kind in kinds]
+    def map_layers(self) -> list[str]:
+        """Names of the recorded layers whose output is a stack of maps ``(N, C, h, w)``, in forward order."""
+        return [n for n, r in self.records.items() if r.output.ndim == 4]
 
 
 def inspect(model: nn.Module, info: DatasetInfo, image: Image.Image, resize: str = "squash",

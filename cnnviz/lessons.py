@@ -52,8 +52,8 @@ LESSONS: tuple[Lesson, ...] = (
            "See that pooling shrinks the maps while keeping the strongest answers.", (
                Step("Before and after",
                     "Max pooling cuts each map into small windows and keeps only the largest value of each "
-                    "(marked). The map gets 4× smaller, but the bright spots — the places where a pattern was "
-                    "found — survive.",
+                    "(marked). The map gets several times smaller (the exact numbers are below the picture), but "
+                    "the bright spots — the places where a pattern was found — survive.",
                     "pooling"),
                Step("Why that helps",
                     "The next layer now works on a smaller map, so each of its filters covers more of the image, "
@@ -87,8 +87,9 @@ LESSONS: tuple[Lesson, ...] = (
                     "Red = strong evidence. On a good model the red sits on the object, not on the background.",
                     "gradcam"),
                Step("A wrong class",
-                    "Now the heatmaps for a class the network did not pick: there is little or no evidence, and "
-                    "what there is sits in odd places.",
+                    "Now the heatmaps for a class the network did not pick. Each heatmap is stretched to its own "
+                    "maximum, so look at the score under each picture: it is far lower than the predicted class's "
+                    "score on the step before, and the little evidence there is sits in odd places.",
                     "gradcam", {"wrong": True}),
                Step("How often does it point at the object?",
                     "Over many test images we check whether the hottest point of the heatmap lies on the object "

@@ -7,7 +7,8 @@ conv2, …, flatten, fc``) so the names a student sees in the app are the names 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import nn
@@ -34,6 +35,22 @@ class ConvBlock:
     pool_size: int = 2
     batchnorm: bool = False
     dropout: float = 0.0
+
+
+def block_from_row(row: dict, number: int) -> ConvBlock:
+    """A :class:`ConvBlock` from a table row (values may be numpy scalars or floats); raise :class:`SpecError`
+    naming the row and field that is empty or of the wrong kind."""
+    values = {}
+    for f in fields(ConvBlock):
+        v = row.get(f.name)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            raise SpecError(f"block {number}: '{f.name}' is empty")
+        v = v.item() if hasattr(v, "item") else v
+        try:
+            values[f.name] = {"int": int, "float": float, "bool": bool, "str": str}[f.type](v)
+        except (KeyError, TypeError, ValueError):
+            raise SpecError(f"block {number}: '{f.name}' must be a {f.type}, got {v!r}") from None
+    return ConvBlock(**values)
 
 
 @dataclass
@@ -102,6 +119,8 @@ def layers(spec: ModelSpec) -> list[tuple[str, nn.Module]]:
     """The named layers of ``spec`` in order; raises :class:`SpecError` naming the first layer that cannot work."""
     if spec.in_channels < 1 or spec.image_size < 1 or spec.num_classes < 2:
         raise SpecError("the input needs ≥ 1 channel and ≥ 1 pixel, and there must be at least 2 classes")
+    if not spec.blocks:
+        raise SpecError("a CNN needs at least one conv block; add a row to the table")
     out: list[tuple[str, nn.Module]] = []
     c, s = spec.in_channels, spec.image_size
     for i, b in enumerate(spec.blocks, start=1):

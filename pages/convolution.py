@@ -17,11 +17,11 @@ presenter = st.session_state.get("presenter", False)
 with st.sidebar if presenter else st.expander("Image", icon=":material/image:", expanded=False):
     picked = widgets.image_picker(info, key="explore")
 if picked is None:
+    st.info("Pick an image in the Image box above to start.", icon=":material/arrow_upward:")
     st.stop()
 ins = cache.inspection(model, sm.model_id, info, picked.data, "squash", None)
 
-SHARED = {"conv_layer": str, "conv_channel": int, "conv_row": int, "conv_col": int, "pool_layer": str,
-          "pool_channel": int, "pool_row": int, "pool_col": int}
+SHARED = links.CONVOLUTION
 links.restore(SHARED)
 convs = probe.layer_names(model, "conv")
 links.valid("conv_layer", convs)
@@ -36,8 +36,8 @@ links.valid("conv_col", list(range(out.shape[2])))
 channel = c[1].number_input("Output channel (filter) #", 0, out.shape[0] - 1, key="conv_channel")
 st.session_state.setdefault("conv_row", out.shape[1] // 2)
 st.session_state.setdefault("conv_col", out.shape[2] // 2)
-row = c[2].slider("Row", 0, out.shape[1] - 1, key="conv_row")
-col = c[3].slider("Column", 0, out.shape[2] - 1, key="conv_col")
+row = c[2].slider("Row", 0, out.shape[1] - 1, key="conv_row") if out.shape[1] > 1 else 0
+col = c[3].slider("Column", 0, out.shape[2] - 1, key="conv_col") if out.shape[2] > 1 else 0
 step = stepper.conv_step(model, ins.x, layer, channel, row, col)
 
 # --- show the window, the numbers and the result -----------------------------------------------------------------
@@ -70,7 +70,9 @@ if n_in > len(show_in):
 sums = " + ".join(f"{float(v):.3f}" for v in step.per_channel_sums[:6]) + (" + …" if n_in > 6 else "")
 lines = [f"Sum of the products over all {n_in} input channel{'s' if n_in > 1 else ''}: {sums} "
          f"= **{float(step.per_channel_sums.sum()):.4f}**",
-         f"Plus the bias {step.bias:.4f} → **{step.total:.4f}**, the convolution's output."]
+         (f"Plus the bias {step.bias:.4f} → **{step.total:.4f}**, the convolution's output." if step.norm is None
+          else f"This conv has no bias of its own (the batch norm after it adds one): **{step.total:.4f}** is the "
+               f"convolution's output.")]
 if step.norm is not None:
     n = step.norm
     lines.append(f"Batch norm ({n.name}) rescales it with numbers learned in training: ({step.total:.4f} − "
@@ -98,7 +100,7 @@ speed = max(1, (h * w) // 40)  # about 40 frames for the whole map
 
 @st.fragment(run_every=0.4 if playing else None)
 def sweep() -> None:
-    pos = st.session_state.get("conv_sweep", 0)
+    pos = min(st.session_state.get("conv_sweep", 0), h * w)  # the map may be smaller than the last one
     if playing:
         pos = pos + speed if pos < h * w else 0
     cols = st.columns([3, 1])
@@ -117,7 +119,7 @@ sweep()
 
 # --- pooling -----------------------------------------------------------------------------------------------------
 st.header("And pooling?", divider="gray", anchor=False)
-pools = probe.layer_names(model, "pool")
+pools = [p.name for p in probe.pooling_pairs(ins.records)]  # max and average pooling with windows
 if not pools:
     st.info("This model has no pooling layer.")
 else:
@@ -129,8 +131,8 @@ else:
     links.valid("pool_row", list(range(pout.shape[1])))
     links.valid("pool_col", list(range(pout.shape[2])))
     pch = c[1].number_input("Channel #", 0, pout.shape[0] - 1, key="pool_channel")
-    prow = c[2].slider("Row ", 0, pout.shape[1] - 1, key="pool_row")
-    pcol = c[3].slider("Column ", 0, pout.shape[2] - 1, key="pool_col")
+    prow = c[2].slider("Row ", 0, pout.shape[1] - 1, key="pool_row") if pout.shape[1] > 1 else 0
+    pcol = c[3].slider("Column ", 0, pout.shape[2] - 1, key="pool_col") if pout.shape[2] > 1 else 0
     ps = stepper.pool_step(model, ins.x, player, pch, prow, pcol)
     pin = ins.records[player].input[0][pch]
     a, b = st.columns(2)

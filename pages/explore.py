@@ -12,9 +12,7 @@ sm = state.current()
 model, info = sm.ckpt.model, sm.ckpt.info
 st.caption(f"Looking inside {widgets.model_summary(sm)}")
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "saliency": "Saliency"}
-SHARED = {"explore_filter_layer": str, "explore_filter_index": int, "explore_map_layer": str, "explore_channel": int,
-          "explore_pool_layer": str, "explore_pool_channel": int, "explore_cam_method": str, "explore_cam_layer": str,
-          "explore_cam_class": int, "explore_cam_alpha": float, "explore_resize": str, "explore_invert": str}
+SHARED = links.EXPLORE
 links.restore(SHARED)
 links.valid("explore_resize", list(images.RESIZE_POLICIES))
 links.valid("explore_invert", ["auto", "on", "off"])
@@ -86,7 +84,7 @@ with tab_f:
 
 # --- feature maps -----------------------------------------------------------------------------------------------
 with tab_m:
-    map_layers = [n for n, r in ins.records.items() if r.output.ndim == 4]
+    map_layers = ins.map_layers()
     links.valid("explore_map_layer", map_layers)
     layer = st.select_slider("Layer (slide to walk through the network in order)", map_layers,
                              key="explore_map_layer")
@@ -128,7 +126,7 @@ with tab_p:
 
 # --- Grad-CAM ---------------------------------------------------------------------------------------------------
 with tab_g:
-    cam_layers = [n for n, r in ins.records.items() if r.output.ndim == 4]
+    cam_layers = ins.map_layers()
     links.valid("explore_cam_layer", cam_layers)
     links.valid("explore_cam_method", list(gradcam.METHODS))
     links.valid("explore_cam_class", [-1, *range(info.num_classes)])
@@ -143,7 +141,8 @@ with tab_g:
     choice = c[2].selectbox("Class", [-1, *range(info.num_classes)], key="explore_cam_class",
                             format_func=lambda i: "the predicted class" if i < 0 else info.class_names[i])
     target = predicted if choice < 0 else choice
-    alpha = c[3].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="explore_cam_alpha")
+    st.session_state.setdefault("explore_cam_alpha", 0.5)
+    alpha = c[3].slider("Opacity", 0.0, 1.0, step=0.05, key="explore_cam_alpha")
     res = cache.cam(model, sm.model_id, ins.x, picked.key + resize + invert_choice, layer, target, method)
     what(explain.gradcam(method, layer, info.class_names[target], res.score))
     c1, c2 = st.columns([3, 2])
@@ -162,7 +161,8 @@ with tab_g:
         for col, r, cls in ((cols[0], res, target), (cols[1], res_b, other)):
             col.image(figures.overlay_image(ins.prepared.display, r.heatmap, alpha).resize((160, 160), 0),
                       width="stretch", caption=f"'{info.class_names[cls]}' (score {r.score:.2f})")
-        st.caption("The score is the network's raw vote for a class before the softmax: the class with the "
-                   "highest score wins. Where the two heatmaps differ is what told the classes apart.")
+        st.caption("The score is the network's raw vote for a class before the softmax: the highest score wins. "
+                   "Each heatmap is stretched to its own maximum, so the scores, not the colours, say which class "
+                   "had more evidence; the heatmaps say where each class found it.")
 
 links.publish(list(SHARED))

@@ -26,7 +26,7 @@ c2.dataframe([{"layer": f.name, "window (pixels)": f"{f.size}×{f.size}", "step 
 
 st.header("2 · What excites each channel", divider="gray", anchor=False)
 map_layers = [f.name for f in receptive.receptive_fields(model, info.size) if not f.name.startswith(("bn", "drop"))]
-links.restore({"hier_layer": str})
+links.restore(links.HIERARCHY)
 links.valid("hier_layer", map_layers)
 layer = st.select_slider("Layer", map_layers, key="hier_layer")
 links.publish(["hier_layer"])

@@ -14,8 +14,7 @@ st.caption("Pick a dataset and an architecture, press **Train**, and watch the n
 
 # --- 1. Data -----------------------------------------------------------------------------------------------------
 st.header("1 · Data", divider="gray", anchor=False)
-SHARED = {"train_dataset": str, "train_size": str, "train_preset": str, "train_epochs": int, "train_batch": int,
-          "train_lr": float, "train_opt": str, "train_seed": int, "train_augment": links.flag}
+SHARED = links.TRAIN
 links.restore(SHARED)
 names = list(data.DATASETS)
 links.valid("train_dataset", names)
@@ -32,7 +31,8 @@ sample = train_split.subset(16, seed=1)
 st.image(figure_png(("samples", ds_name), lambda: figures.sample_grid(
     sample.x, [info.class_names[int(y)] for y in sample.y], cols=16,
     title=f"Training images ({len(train_split):,} in all, {len(test_split):,} to test)")), width="stretch")
-sizes = {"all": len(train_split), **{f"{n:,}": n for n in (200, 1000, 5000) if n < len(train_split)}}
+sizes = {**{f"{n:,}": n for n in (200, 1000, 5000) if n < len(train_split)}, "all": len(train_split)}
+st.session_state.setdefault("train_size", "all")
 links.valid("train_size", list(sizes))
 n_train = st.select_slider("Training images to use", list(sizes), key="train_size",
                            help="Fewer images train faster, and very few show overfitting: perfect on the "
@@ -62,9 +62,7 @@ with st.expander("Edit the conv blocks", icon=":material/tune:"):
         },
     )
 try:
-    blocks = [models.ConvBlock(**{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
-              for row in edited.dropna().to_dict("records")]
-    spec.blocks = blocks
+    spec.blocks = [models.block_from_row(row, i + 1) for i, row in enumerate(edited.to_dict("records"))]
     rows = models.summary(spec)
 except (models.SpecError, TypeError, ValueError) as e:
     st.error(f"This architecture cannot work: {e}", icon=":material/block:")
@@ -135,9 +133,7 @@ def live() -> None:
                                    dpi=80), width="stretch")
         right.caption("Each square is one filter of the first layer. They start as random noise and turn into "
                       "edge, spot and colour detectors as the network learns.")
-    if snap.result is not None and not st.session_state.get("job_adopted"):
-        st.session_state.job_adopted = True
-        state.set_current(snap.result, "trained here")
+    if widgets.adopt_finished(snap):
         st.rerun()  # the whole page: results below and the sidebar show the new model
     if not snap.active and running:
         st.rerun()  # stop polling

@@ -104,3 +104,38 @@ def test_train_link_sets_up_the_overfitting_run():
     assert not at.exception
     assert at.select_slider(key="train_size").value == "200"
     assert at.number_input(key="train_epochs").value == 30
+
+
+def _use_model(at, spec, info):
+    from cnnviz import checkpoint, models
+    from cnnviz.train import History
+
+    ck = checkpoint.Checkpoint(models.build(spec, seed=0).eval(), spec, info, History())
+    at.file_uploader(key="upload_model").set_value(("other.pt", checkpoint.to_bytes(ck), "x")).run()
+    assert at.session_state.model.source == "uploaded: other.pt"
+
+
+@pytest.mark.parametrize("page", ["pages/explore.py", "pages/convolution.py", "pages/hierarchy.py"])
+def test_pages_work_for_a_greyscale_deep_model(page, tmp_path, monkeypatch):
+    from cnnviz import data, models
+    from test_data import _write_mnist
+
+    _write_mnist(tmp_path, n_train=40, n_test=30)
+    monkeypatch.setenv("CNNVIZ_DATA_DIR", str(tmp_path))
+    at = app("pages/train.py")
+    _use_model(at, models.preset("deep", 1, 28, 10), data.info("mnist"))
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.image) >= 2
+
+
+@pytest.mark.parametrize("page", ["pages/convolution.py", "pages/explore.py"])
+def test_pages_work_when_maps_shrink_to_one_cell(page):
+    from cnnviz import data, models
+
+    info = data.info("shapes")
+    spec = models.ModelSpec(3, 32, 8, [models.ConvBlock(8)] * 5, global_pool=True)  # 32 → 1 after five pools
+    at = app("pages/train.py")
+    _use_model(at, spec, info)
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]

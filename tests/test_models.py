@@ -68,3 +68,18 @@ def test_bad_activation_and_dropout_refused():
         models.build(ModelSpec(1, 8, 2, [ConvBlock(4, activation="nope")]))
     with pytest.raises(SpecError, match="drop1"):
         models.build(ModelSpec(1, 8, 2, [ConvBlock(4, dropout=1.5)]))
+
+
+def test_no_conv_block_is_refused():
+    with pytest.raises(SpecError, match="at least one conv block"):
+        models.build(ModelSpec(3, 32, 8, []))
+
+
+def test_table_rows_become_blocks_or_clear_errors():
+    row = {"channels": 16.0, "kernel": 3, "padding": 1, "stride": 1, "activation": "relu", "pool": "max",
+           "pool_size": 2, "batchnorm": True, "dropout": 0.0}
+    assert models.block_from_row(row, 1) == ConvBlock(16, batchnorm=True)
+    with pytest.raises(SpecError, match="block 2: 'kernel' is empty"):
+        models.block_from_row({**row, "kernel": float("nan")}, 2)
+    with pytest.raises(SpecError, match="block 3: 'channels' must be a int"):
+        models.block_from_row({**row, "channels": "lots"}, 3)

@@ -137,7 +137,7 @@ def test_good_checkpoint_upload_replaces_model():
     at = app("pages/train.py")
     at.file_uploader(key="upload_model").set_value(("mine.pt", SHIPPED_MODEL.read_bytes(), "x")).run()
     assert at.session_state.model.source == "uploaded: mine.pt"
-    assert any("Loaded" in s.value for s in at.success)
+    assert not at.error and not at.exception
 
 
 # --- Explore ------------------------------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def _views_rendered(at: AppTest) -> None:
     assert "The network is" in body  # prediction in words
     assert "maps of" in body  # feature maps, in words
     assert "shrinks each map" in body  # pooling
-    assert "spoke for the class" in body  # Grad-CAM (or saliency) explained
+    assert "Red means" in body  # Grad-CAM (or saliency) explained
     assert len(at.image) >= 5  # preprocessing, filters, filter, maps, map, pooling, overlay, comparison
 
 
@@ -225,7 +225,7 @@ def test_explore_draw_source_paints_an_image():
     at = app("pages/explore.py")
     at.segmented_control(key="explore_source").set_value("Draw").run()
     assert not at.exception
-    at.session_state["explore_ink"] = set(range(32 * 10, 32 * 14))  # a horizontal bar, as if lassoed
+    at.session_state["explore_ink_32"] = set(range(32 * 10, 32 * 14))  # a horizontal bar, as if lassoed
     at.run()
     assert "your drawing" in texts(at)
     _views_rendered(at)

@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 
 MAX_JOBS = int(os.environ.get("CNNVIZ_MAX_JOBS", 0)) or os.cpu_count() or 1
 _slots = threading.BoundedSemaphore(MAX_JOBS)
-_running = 0  # jobs holding a slot, for the "waiting" message
-_running_lock = threading.Lock()
 
 # One PyTorch thread per operation: a server answers many small requests at once, and with every core busy,
 # multi-threaded small ops spin and wait far longer than they compute. Set per thread (OpenMP keeps it per thread).
@@ -101,7 +99,6 @@ class TrainingJob:
                 setattr(self._snap, k, v)
 
     def _run(self) -> None:
-        global _running
         use_server_threads()
         while not _slots.acquire(timeout=0.25):
             if self._stop.is_set():
@@ -109,16 +106,12 @@ class TrainingJob:
                 return
             self._update(message=f"Waiting for a free training slot: {MAX_JOBS} other "
                                  f"training job{'s are' if MAX_JOBS > 1 else ' is'} running on this server.")
-        with _running_lock:
-            _running += 1
         try:
             self._train()
         except Exception as e:  # the page must show a reason, never lose the thread silently
             log.exception("training job failed")
             self._update(status="failed", message=f"Training failed: {e}")
         finally:
-            with _running_lock:
-                _running -= 1
             _slots.release()
 
     def _train(self) -> None:
@@ -164,11 +157,6 @@ class TrainingJob:
         self._update(status=history.status, message=message, result=result, evaluation=evaluation,
                      history=history.to_dict(), filters=copy_filters(len(history.steps)), elapsed=history.seconds,
                      eta=0.0)
-
-
-def running_jobs() -> int:
-    """How many jobs are training on this server right now."""
-    return _running
 
 
 def wait_for(job: TrainingJob, timeout: float = 60.0) -> Snapshot:

@@ -54,12 +54,7 @@ def set_current(ckpt: Checkpoint, source: str) -> SessionModel:
     return st.session_state.model
 
 
-def reset_to_shipped() -> SessionModel:
-    st.session_state.model = _shipped()
-    return st.session_state.model
-
-
-@st.cache_resource(show_spinner="Loading the dataset…", max_entries=6)
+@st.cache_resource(show_spinner="Loading the dataset…", max_entries=8)
 def dataset(name: str, train: bool = False, data_dir: str | None = None) -> Split:
     """A dataset split, loaded once per server and shared read-only (training only reads it)."""
     return data.load(name, train=train, data_dir=data_dir)

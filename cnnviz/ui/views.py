@@ -139,7 +139,8 @@ def gradcam_grid(sm: SessionModel, split: Split, n: int = 6, wrong: bool = False
         target = (predicted + 1) % info.num_classes if wrong else predicted
         res = cache.cam(model, sm.model_id, x, f"test-{i}", None, target, "gradcam")
         col.image(figures.overlay_image(figures.input_image(x, info), res.heatmap, 0.5), width="stretch",
-                  caption=f"Grad-CAM for '{info.class_names[target]}' (true: {info.class_names[int(split.y[i])]})")
+                  caption=f"'{info.class_names[target]}', score {res.score:.1f} "
+                          f"(true: {info.class_names[int(split.y[i])]})")
 
 
 @st.cache_data(max_entries=16, ttl=cache.TTL, show_spinner="Playing the pointing game on 200 test images…")

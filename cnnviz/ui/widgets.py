@@ -57,6 +57,16 @@ def sidebar() -> None:
             snap = job.snapshot()
             if snap.active:
                 st.info(f"Training: step {snap.step} of {snap.total_steps}", icon=":material/model_training:")
+            adopt_finished(snap)
+
+
+def adopt_finished(snap) -> bool:
+    """Make a finished job's model the session's model, once; True when it just happened."""
+    if snap.result is None or st.session_state.get("job_adopted"):
+        return False
+    st.session_state.job_adopted = True
+    state.set_current(snap.result, "trained here")
+    return True
 
 
 def model_loader(key: str = "upload_model") -> None:
@@ -64,6 +74,7 @@ def model_loader(key: str = "upload_model") -> None:
     up = st.file_uploader("Load a saved model (.pt)", type=None, key=key,
                           help="A file saved from this app's Train page or by `cnnviz train --out`.")
     if up is None:
+        st.session_state.pop(f"{key}_done", None)  # the same file may be loaded again later
         return
     raw = up.getvalue()
     digest = hashlib.sha1(raw).hexdigest()
@@ -76,7 +87,8 @@ def model_loader(key: str = "upload_model") -> None:
         return
     st.session_state[f"{key}_done"] = digest
     state.set_current(ck, f"uploaded: {up.name}")
-    st.success(f"Loaded **{up.name}**: a {ck.info.title} model.", icon=":material/check_circle:")
+    st.toast(f"Loaded {up.name}: a {ck.info.title} model.", icon=":material/check_circle:")
+    st.rerun()  # redraw the sidebar, the model card and the Save button with the new model
 
 
 def save_button(sm: state.SessionModel, key: str = "save_model") -> None:
@@ -169,7 +181,7 @@ def _drawing(info: DatasetInfo, key: str) -> PickedImage | None:
     import plotly.graph_objects as go
 
     n = info.size
-    ink: set[int] = st.session_state.setdefault(f"{key}_ink", set())
+    ink: set[int] = st.session_state.setdefault(f"{key}_ink_{n}", set())  # per grid size: models differ
     c = st.columns([3, 1])
     if c[1].button("Clear", icon=":material/ink_eraser:", key=f"{key}_clear"):
         ink.clear()
