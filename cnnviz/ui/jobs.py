@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 MAX_JOBS = int(os.environ.get("CNNVIZ_MAX_JOBS", 0)) or os.cpu_count() or 1
 _slots = threading.BoundedSemaphore(MAX_JOBS)
+_training = 0  # jobs holding a slot: a job alone on the server may use every core
+_training_lock = threading.Lock()
 
 # One PyTorch thread per operation: a server answers many small requests at once, and with every core busy,
 # multi-threaded small ops spin and wait far longer than they compute. Set per thread (OpenMP keeps it per thread).
@@ -32,7 +34,7 @@ TORCH_THREADS = int(os.environ.get("CNNVIZ_TORCH_THREADS", 0)) or 1
 
 
 def use_server_threads() -> None:
-    """Apply :data:`TORCH_THREADS` to the calling thread (each script run and each job thread calls this)."""
+    """Apply :data:`TORCH_THREADS` to the calling thread (app.py calls this in each script run)."""
     if torch.get_num_threads() != TORCH_THREADS:
         torch.set_num_threads(TORCH_THREADS)
 
@@ -99,19 +101,25 @@ class TrainingJob:
                 setattr(self._snap, k, v)
 
     def _run(self) -> None:
-        use_server_threads()
+        global _training
         while not _slots.acquire(timeout=0.25):
             if self._stop.is_set():
                 self._update(status="stopped", message="Stopped before it started.")
                 return
             self._update(message=f"Waiting for a free training slot: {MAX_JOBS} other "
                                  f"training job{'s are' if MAX_JOBS > 1 else ' is'} running on this server.")
+        with _training_lock:
+            _training += 1
+            # Cores shared among the jobs training now; the setting holds for this thread only (OpenMP).
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // _training))
         try:
             self._train()
         except Exception as e:  # the page must show a reason, never lose the thread silently
             log.exception("training job failed")
             self._update(status="failed", message=f"Training failed: {e}")
         finally:
+            with _training_lock:
+                _training -= 1
             _slots.release()
 
     def _train(self) -> None:
