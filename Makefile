@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/streamlit run app.py --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(VENV)/bin/cnnviz app --port $(PORT)
 
 # Chromium for the browser tests, from Debian's packages, when it is missing and we may install it.
 browser:

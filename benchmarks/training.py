@@ -1,0 +1,218 @@
+"""Training: the CLI on shapes and MNIST (MNIST beside PyTorch's reference recipe), and the app's background job."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import threading
+import time
+
+from benchmarks.common import Child, Options, mnist_dir, run_child
+from benchmarks.report import Row, Skip, at_least, at_most
+
+
+def _cli_train(dataset: str, options: Options, *extra: str) -> tuple[dict, Child]:
+    args = [sys.executable, "-m", "cnnviz.cli", "train", "--dataset", dataset, "--json", *extra]
+    if options.quick:
+        args += ["--epochs", "1"]
+    child = run_child(args)
+    if child.returncode != 0:
+        raise RuntimeError(f"`cnnviz train --dataset {dataset}` exited with {child.returncode}: "
+                           f"{child.stderr.strip().splitlines()[-1:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1]), child
+
+
+def _cli_rows(result: dict, child: Child, acc_target: float, wall_target: float, options: Options) -> list[Row]:
+    full = not options.quick
+    note = "" if full else "(quick: --epochs 1)"
+    return [
+        Row("cnnviz test accuracy", 100 * result["test_accuracy"], "%", at_least(acc_target), note, checked=full),
+        Row("cnnviz wall, incl. imports and data loading", child.seconds, "s", at_most(wall_target), note,
+            checked=full),
+        Row("  of which the training loop", result["train_seconds"], "s",
+            note=f"{result['steps']} steps, epochs: {result['epochs']}"),
+        Row("cnnviz training images/s", result["images_per_s"], "img/s"),
+        Row("cnnviz peak RSS (the whole process)", child.max_rss_mb, "MB"),
+    ]
+
+
+def train_shapes(options: Options) -> list[Row]:
+    """``cnnviz train --dataset shapes --json`` with its defaults, in a fresh process."""
+    result, child = _cli_train("shapes", options)
+    return _cli_rows(result, child, 97, 15, options)
+
+
+def train_mnist(options: Options) -> list[Row]:
+    """``cnnviz train --dataset mnist``, then PyTorch's examples/mnist recipe given the same wall time."""
+    root, looked = mnist_dir(options)
+    if root is None:
+        raise Skip(f"MNIST not found at {', '.join(str(p) for p in looked)} "
+                   "(pass --data-dir or set CNNVIZ_DATA_DIR to a folder holding MNIST/raw/…)")
+    result, child = _cli_train("mnist", options, "--data-dir", str(root))
+    rows = _cli_rows(result, child, 99.0, 20, options)
+
+    from cnnviz import data
+
+    start = time.perf_counter()
+    tr, te = data.load("mnist", True, root), data.load("mnist", False, root)
+    load_s = time.perf_counter() - start
+    budget = child.seconds
+    ref = train_reference(tr, te, budget)
+    epochs = ref["images"] / len(tr)
+    rows += [
+        Row("reference (examples/mnist) test accuracy", 100 * ref["accuracy"], "%",
+            note=f"given cnnviz's whole wall ({budget:.1f} s) for training alone: {ref['images']:,} images "
+                 f"= {epochs:.2f} epochs (its data was in memory already, loaded in {load_s:.1f} s)"),
+        Row("reference training images/s", ref["images_per_s"], "img/s"),
+        Row("speed ratio: cnnviz ÷ reference images/s", result["images_per_s"] / ref["images_per_s"], "×"),
+        Row("accuracy difference: cnnviz − reference", 100 * (result["test_accuracy"] - ref["accuracy"]), "pp"),
+    ]
+    return rows
+
+
+def reference_net():
+    """The network of PyTorch's examples/mnist/main.py, layer for layer."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 32, 3, 1)
+            self.conv2 = nn.Conv2d(32, 64, 3, 1)
+            self.dropout1 = nn.Dropout(0.25)
+            self.dropout2 = nn.Dropout(0.5)
+            self.fc1 = nn.Linear(9216, 128)
+            self.fc2 = nn.Linear(128, 10)
+
+        def forward(self, x):
+            x = F.relu(self.conv1(x))  # (N, 32, 26, 26)
+            x = F.relu(self.conv2(x))  # (N, 64, 24, 24)
+            x = F.max_pool2d(x, 2)  # (N, 64, 12, 12)
+            x = self.dropout1(x)
+            x = torch.flatten(x, 1)  # (N, 9216)
+            x = F.relu(self.fc1(x))
+            x = self.dropout2(x)
+            return F.log_softmax(self.fc2(x), dim=1)
+
+    return Net()
+
+
+def train_reference(train, test, budget_s: float, seed: int = 1) -> dict:
+    """examples/mnist's recipe (Adadelta lr 1.0, StepLR γ 0.7 per epoch, batch 64) on in-memory uint8 tensors,
+    stopped when ``budget_s`` seconds are used up; then accuracy on the whole test set."""
+    import torch
+    import torch.nn.functional as F
+
+    def normalize(x):  # transforms.Normalize((0.1307,), (0.3081,)) after ToTensor
+        return (x.float() / 255 - 0.1307) / 0.3081
+
+    torch.manual_seed(seed)
+    model = reference_net()
+    opt = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+    start = time.perf_counter()
+    seen, out_of_time = 0, False
+    model.train()
+    while not out_of_time:
+        order = torch.randperm(len(train))
+        for i in range(0, len(train), 64):
+            idx = order[i: i + 64]
+            opt.zero_grad()
+            loss = F.nll_loss(model(normalize(train.x[idx])), train.y[idx])
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+            if time.perf_counter() - start >= budget_s:
+                out_of_time = True
+                break
+        else:
+            sched.step()
+    seconds = time.perf_counter() - start
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(test), 1000):
+            correct += int((model(normalize(test.x[i: i + 1000])).argmax(1) == test.y[i: i + 1000]).sum())
+    return {"accuracy": correct / len(test), "images": seen, "seconds": seconds, "images_per_s": seen / seconds}
+
+
+def app_train(options: Options) -> list[Row]:
+    """The Train page's job (a background thread, polled each second by the page) vs ``train.fit`` directly."""
+    from cnnviz import data, models, train
+
+    tr, te = data.load("shapes", True), data.load("shapes", False)
+    spec = models.preset(models.DEFAULT_PRESET, tr.info.channels, tr.info.size, tr.info.num_classes)
+    # The Train page's defaults: 2 epochs, batch 128, lr 0.005, Adam, seed 0, no augmentation.
+    config = train.TrainConfig(max_steps=100 if options.quick else None)
+    train.fit(models.build(spec), tr, train.TrainConfig(max_steps=20))  # warm-up: first-call costs paid here
+
+    model = models.build(spec, seed=config.seed)
+    direct = train.fit(model, tr, config)
+    direct_acc = train.evaluate(model, te).accuracy
+    threaded = _fit_in_thread(spec, tr, config)
+    quiet, _, _ = _run_job(spec, tr, te, config, poll=False)
+    polled, polled_acc, ticks = _run_job(spec, tr, te, config, poll=True)
+    ratio = polled.images_per_s / direct.images_per_s
+    rows = [
+        Row("train.fit directly (the CLI's path)", direct.images_per_s, "img/s",
+            note=f"{len(direct.steps)} steps in {direct.seconds:.1f} s, test accuracy {direct_acc:.1%}"),
+        Row("train.fit in a plain threading.Thread", threaded.images_per_s, "img/s",
+            note=f"{threaded.images_per_s / direct.images_per_s:.2f}× direct: what a thread alone costs"),
+        Row("TrainingJob, nobody polling", quiet.images_per_s, "img/s",
+            note=f"{quiet.images_per_s / direct.images_per_s:.2f}× direct"),
+        Row("TrainingJob, page polling + drawing each second", polled.images_per_s, "img/s",
+            note=f"{len(polled.steps)} steps in {polled.seconds:.1f} s, test accuracy {polled_acc:.1%}"),
+        Row("app ÷ CLI images/s", ratio, "×", at_least(0.8)),
+    ]
+    if ticks:
+        rows.append(Row("page tick: snapshot + curves + filter PNG, median", 1000 * statistics.median(ticks), "ms",
+                        note=f"max {1000 * max(ticks):.0f} ms over {len(ticks)} ticks"))
+    return rows
+
+
+def _fit_in_thread(spec, tr, config):
+    """``train.fit`` in a new thread, as the job runs it but without the job: its history."""
+    from cnnviz import models, train
+
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(history=train.fit(models.build(spec, seed=config.seed), tr,
+                                                                         config)))
+    worker.start()
+    worker.join()
+    return out["history"]
+
+
+def _run_job(spec, tr, te, config, poll: bool):
+    """Run a :class:`TrainingJob` to the end, optionally with a thread doing what the Train page's fragment does
+    each second; the fit's history, the test accuracy and the seconds each page tick took."""
+    from cnnviz import figures
+    from cnnviz.ui import jobs
+
+    job = jobs.TrainingJob(spec, tr, te, config)
+    done = threading.Event()
+    ticks: list[float] = []
+
+    def page() -> None:
+        while not done.wait(1.0):
+            start = time.perf_counter()
+            snap = job.snapshot()
+            # st.plotly_chart serialises the figure to JSON on every redraw; that is part of the tick's cost.
+            figures.training_curves(snap.history).to_json()
+            if snap.filters is not None:
+                figures.to_png(figures.filter_grid(snap.filters), dpi=80)
+            ticks.append(time.perf_counter() - start)
+
+    poller = threading.Thread(target=page, daemon=True)
+    if poll:
+        poller.start()
+    job.start()
+    snap = jobs.wait_for(job, timeout=600)
+    done.set()
+    if poll:
+        poller.join()
+    if snap.result is None:
+        raise RuntimeError(f"the training job ended as {snap.status!r}: {snap.message}")
+    return snap.result.history, snap.evaluation.accuracy, ticks
