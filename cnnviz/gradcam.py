@@ -246,6 +246,26 @@ class PointingResult:
         return self.hits / self.total if self.total else 0.0
 
 
+def peaks(model: nn.Module, x: Tensor, targets: Tensor | None = None, *, layer: str | None = None,
+          method: str = "gradcam") -> Tensor:
+    """Where each heatmap is hottest: flat indices ``(N,)`` into ``H * W`` for inputs ``x`` (N, C, H, W) and
+    ``targets`` (N,) classes to explain (default: each image's predicted class)."""
+    found = []
+    for i in range(x.shape[0]):
+        target = None if targets is None else int(targets[i])
+        found.append(int(compute(model, x[i: i + 1], layer=layer, target=target, method=method).heatmap.argmax()))
+    return torch.tensor(found, dtype=torch.long)
+
+
+def hits(peak: Tensor, masks: Tensor, tolerance: int = 0) -> PointingResult:
+    """Score :func:`peaks` against bool ``masks`` (N, H, W), each grown by ``tolerance`` pixels."""
+    grown = masks.float()
+    if tolerance > 0:
+        grown = F.max_pool2d(grown[:, None], 2 * tolerance + 1, stride=1, padding=tolerance)[:, 0]
+    on_object = grown.flatten(1).gather(1, peak[:, None])[:, 0] > 0
+    return PointingResult(int(on_object.sum()), len(peak))
+
+
 def pointing_game(model: nn.Module, x: Tensor, masks: Tensor, targets: Tensor | None = None, *,
                   layer: str | None = None, method: str = "gradcam", tolerance: int = 0) -> PointingResult:
     """The pointing game (Zhang et al. 2016, "Top-down Neural Attention by Excitation Backprop"): a hit when the
@@ -253,17 +273,8 @@ def pointing_game(model: nn.Module, x: Tensor, masks: Tensor, targets: Tensor | 
 
     ``x`` (N, C, H, W) normalised inputs, ``masks`` bool (N, H, W), ``targets`` (N,) classes to explain (default:
     each image's predicted class). ``tolerance`` grows each mask by that many pixels, as the original game allows
-    (15 px at ImageNet scale) so a peak in a ring's hole or between stripes still counts.
+    (15 px at ImageNet scale) so a peak just beside a thin object still counts.
     """
     if masks.shape != (x.shape[0], *x.shape[-2:]):
         raise ValueError(f"expected masks of shape {(x.shape[0], *x.shape[-2:])}, got {tuple(masks.shape)}")
-    grown = masks.float()
-    if tolerance > 0:
-        grown = F.max_pool2d(grown[:, None], 2 * tolerance + 1, stride=1, padding=tolerance)[:, 0]
-    hits = 0
-    for i in range(x.shape[0]):
-        target = None if targets is None else int(targets[i])
-        heat = compute(model, x[i: i + 1], layer=layer, target=target, method=method).heatmap
-        peak = int(heat.flatten().argmax())
-        hits += bool(grown[i].flatten()[peak] > 0)
-    return PointingResult(hits, x.shape[0])
+    return hits(peaks(model, x, targets, layer=layer, method=method), masks, tolerance)

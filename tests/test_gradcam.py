@@ -300,3 +300,13 @@ def test_trained_model_maps_find_the_object_and_differ_from_a_random_models():
         correlations.append(_spearman(ours, theirs))  # the measure Adebayo et al. use
     assert found >= 16
     assert sum(correlations) / len(correlations) < 0.5
+
+
+def test_pointing_game_scores_peaks_against_masks_by_hand():
+    from cnnviz.gradcam import hits
+
+    masks = torch.zeros(3, 4, 4, dtype=torch.bool)
+    masks[:, 1, 1] = True  # one object pixel at (1, 1) in every image
+    peak = torch.tensor([1 * 4 + 1, 1 * 4 + 2, 3 * 4 + 3])  # on it, next to it, far away
+    assert (hits(peak, masks).hits, hits(peak, masks).total) == (1, 3)
+    assert hits(peak, masks, tolerance=1).hits == 2 and hits(peak, masks, tolerance=1).rate == pytest.approx(2 / 3)

@@ -145,10 +145,8 @@ def gradcam_grid(sm: SessionModel, split: Split, n: int = 6, wrong: bool = False
 
 @st.cache_data(max_entries=16, ttl=cache.TTL, show_spinner="Playing the pointing game on 200 test images…")
 def _pointing(_model, model_id: str, _split: Split, dataset: str, n: int) -> tuple[float, float]:
-    x = data.normalize(_split.x[:n], _split.info)
-    strict = gradcam.pointing_game(_model, x, _split.masks[:n]).rate
-    loose = gradcam.pointing_game(_model, x, _split.masks[:n], tolerance=1).rate
-    return strict, loose
+    found = gradcam.peaks(_model, data.normalize(_split.x[:n], _split.info))
+    return gradcam.hits(found, _split.masks[:n]).rate, gradcam.hits(found, _split.masks[:n], tolerance=1).rate
 
 
 def pointing(sm: SessionModel, split: Split, n: int = 200) -> None:
