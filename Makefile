@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8501
 
-.PHONY: run test bench assets browser clean
+.PHONY: run test bench assets browser screenshots clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ browser:
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The README's screenshots, taken by the browser tests.
+screenshots: $(STAMP) browser
+	CNNVIZ_SCREENSHOTS=1 $(PY) -m pytest -q -m browser
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
