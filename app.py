@@ -3,7 +3,8 @@
 import os
 
 # Before torch loads: idle OpenMP threads sleep instead of spinning, so many sessions sharing the cores do not
-# slow each other down (measured: a training step under load went from ~300 ms to ~40 ms).
+# slow each other down (measured: a training step under load went from ~300 ms to ~40 ms). `cnnviz app` sets it
+# for its whole process (cnnviz.ui.launch); this covers a plain `streamlit run app.py`.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st  # noqa: E402

@@ -122,19 +122,10 @@ def _class_index(target: str | None, info) -> int | None:
 
 
 def _app(args: argparse.Namespace) -> int:
-    import os
+    from cnnviz.ui import launch
 
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see app.py; must be set before torch loads
-    # Import the heavy parts (torch, torchvision, the pages' modules) now, in the server process, so the first
-    # visitor does not wait for them.
-    import cnnviz.ui.views  # noqa: F401
-    import cnnviz.ui.widgets  # noqa: F401
-    from streamlit.web import cli as stcli
-
-    app = Path(__file__).resolve().parent.parent / "app.py"
-    sys.argv = ["streamlit", "run", str(app), "--server.port", str(args.port), "--server.headless", "true",
-                "--browser.gatherUsageStats", "false"]
-    return stcli.main()
+    launch.serve(args.port)
+    return 0  # not reached: serve replaces this process
 
 
 def _positive_int(text: str) -> int:

@@ -1,0 +1,34 @@
+"""Start the web app (`cnnviz app`, `make run`) in a process whose OpenMP threads wait passively.
+
+``OMP_WAIT_POLICY`` is read once, when torch's OpenMP runtime loads, and importing ``cnnviz`` loads torch. So
+:func:`serve` replaces the current process with a fresh one that has the variable set from the start; that process
+imports the pages' heavy modules before the server listens, so the first visitor does not wait for them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+APP = Path(__file__).resolve().parents[2] / "app.py"
+
+
+def serve(port: int) -> None:
+    """Replace this process with the app server on ``port`` (never returns)."""
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    os.execve(sys.executable, [sys.executable, "-m", "cnnviz.ui.launch", str(port)], env)
+
+
+def _main(port: int) -> int:
+    import cnnviz.ui.views  # noqa: F401  (torch, torchvision and the pages' modules, loaded before the first visit)
+    import cnnviz.ui.widgets  # noqa: F401
+    from streamlit.web import cli as stcli
+
+    sys.argv = ["streamlit", "run", str(APP), "--server.port", str(port), "--server.headless", "true",
+                "--browser.gatherUsageStats", "false"]
+    return stcli.main()
+
+
+if __name__ == "__main__":
+    sys.exit(_main(int(sys.argv[1])))
