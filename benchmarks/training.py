@@ -188,7 +188,7 @@ def _fit_in_thread(spec, tr, config):
 def _run_job(spec, tr, te, config, poll: bool):
     """Run a :class:`TrainingJob` to the end, optionally with a thread doing what the Train page's fragment does
     each second; the fit's history, the test accuracy and the seconds each page tick took."""
-    from cnnviz import figures
+    from cnnviz import charts, figures
     from cnnviz.ui import jobs
 
     job = jobs.TrainingJob(spec, tr, te, config)
@@ -200,7 +200,7 @@ def _run_job(spec, tr, te, config, poll: bool):
             start = time.perf_counter()
             snap = job.snapshot()
             # st.plotly_chart serialises the figure to JSON on every redraw; that is part of the tick's cost.
-            figures.training_curves(snap.history).to_json()
+            charts.training_curves(snap.history).to_json()
             if snap.filters is not None:
                 figures.to_png(figures.filter_grid(snap.filters), dpi=80)
             ticks.append(time.perf_counter() - start)

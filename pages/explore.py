@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from cnnviz import explain, figures, gradcam, images, probe
+from cnnviz import charts, explain, figures, gradcam, images, probe
 from cnnviz.ui import cache, links, state, widgets
 from cnnviz.ui.cache import figure_png
 
@@ -42,7 +42,7 @@ with prep_col:
     st.caption(explain.preprocessing([s.title.split(" (")[0] for s in steps], info.size, info.channels))
     st.subheader("Prediction", anchor=False)
     top = ins.top(info, k=5)
-    st.plotly_chart(figures.topk_bars(ins.probs, info.class_names, k=5), key="explore_topk",
+    st.plotly_chart(charts.topk_bars(ins.probs, info.class_names, k=5), key="explore_topk",
                     width="stretch")
     st.markdown(explain.prediction(top))
 

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from cnnviz import data, figures, models, train
+from cnnviz import charts, data, figures, models, train
 from cnnviz.data import DatasetError
 from cnnviz.ui import jobs, links, state, widgets
 from cnnviz.ui.cache import figure_png
@@ -127,7 +127,7 @@ def live() -> None:
     elif snap.status in ("finished", "stopped"):
         st.success(snap.message, icon=":material/check_circle:")
     left, right = st.columns([3, 2])
-    left.plotly_chart(figures.training_curves(snap.history), key="curves", width="stretch")
+    left.plotly_chart(charts.training_curves(snap.history), key="curves", width="stretch")
     if snap.filters is not None:
         right.image(figures.to_png(figures.filter_grid(snap.filters, title=f"First-layer filters at step {snap.step}"),
                                    dpi=80), width="stretch")
@@ -153,8 +153,8 @@ if snap is not None and snap.evaluation is not None and snap.result is not None:
     m[1].metric("Mistakes", f"{len(ev.mistakes):,} of {len(ev.predictions):,}")
     m[2].metric("Training time", f"{ck.history.seconds:.1f} s")
     r = st.columns(2)
-    r[0].plotly_chart(figures.per_class_bars(ev.per_class, names_), key="per_class", width="stretch")
-    r[1].plotly_chart(figures.confusion_matrix(ev.confusion, names_), key="confusion", width="stretch")
+    r[0].plotly_chart(charts.per_class_bars(ev.per_class, names_), key="per_class", width="stretch")
+    r[1].plotly_chart(charts.confusion_matrix(ev.confusion, names_), key="confusion", width="stretch")
     st.caption("The confusion matrix counts test images by true class (rows) and predicted class (columns): the "
                "diagonal is right, everything else is a mistake. Hover over a cell for the count.")
     if len(ev.mistakes):

@@ -16,7 +16,7 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 from torch import nn
 
-from cnnviz import data, figures, probe
+from cnnviz import charts, data, figures, probe
 from cnnviz.train import History
 
 
@@ -305,7 +305,7 @@ def test_to_png_gives_bytes_pil_can_open_and_refuses_plotly():
 
 def test_topk_bars_lists_the_most_probable_first_in_percent():
     probs = torch.tensor([0.05, 0.6, 0.1, 0.25])
-    fig = figures.topk_bars(probs, ["0", "1", "2", "3"], k=3)
+    fig = charts.topk_bars(probs, ["0", "1", "2", "3"], k=3)
     assert isinstance(fig, go.Figure)
     (bar,) = fig.data
     assert list(bar.y) == ["1", "3", "2"]
@@ -313,14 +313,14 @@ def test_topk_bars_lists_the_most_probable_first_in_percent():
     assert list(bar.text) == ["60.0 %", "25.0 %", "10.0 %"]
     assert fig.layout.yaxis.autorange == "reversed" and fig.layout.yaxis.type == "category"
     assert tuple(fig.layout.xaxis.range) == (0, 100)
-    assert len(figures.topk_bars(probs, list("abcd"), k=10).data[0].y) == 4
+    assert len(charts.topk_bars(probs, list("abcd"), k=10).data[0].y) == 4
     with pytest.raises(ValueError, match="class names"):
-        figures.topk_bars(probs, ["a"])
+        charts.topk_bars(probs, ["a"])
 
 
 def test_confusion_matrix_writes_counts_and_says_them_in_the_hover():
     confusion = torch.tensor([[12, 1], [0, 7]])
-    fig = figures.confusion_matrix(confusion, ["circle", "ring"])
+    fig = charts.confusion_matrix(confusion, ["circle", "ring"])
     (heat,) = fig.data
     assert [list(row) for row in heat.z] == [[12, 1], [0, 7]]
     assert heat.text[0][0] == "true: circle, predicted: circle, 12 images"
@@ -329,11 +329,11 @@ def test_confusion_matrix_writes_counts_and_says_them_in_the_hover():
     assert heat.texttemplate == "%{z}"
     assert fig.layout.yaxis.title.text == "true class" and fig.layout.xaxis.title.text == "predicted class"
     with pytest.raises(ValueError, match=r"\(K, K\)"):
-        figures.confusion_matrix(torch.zeros(2, 3), ["a", "b"])
+        charts.confusion_matrix(torch.zeros(2, 3), ["a", "b"])
 
 
 def test_per_class_bars_show_percent_correct():
-    fig = figures.per_class_bars([1.0, 0.5, 0.0], ["circle", "ring", "square"])
+    fig = charts.per_class_bars([1.0, 0.5, 0.0], ["circle", "ring", "square"])
     (bar,) = fig.data
     assert list(bar.x) == ["circle", "ring", "square"] and list(bar.y) == [100.0, 50.0, 0.0]
     assert list(bar.text) == ["100 %", "50 %", "0 %"]
@@ -341,7 +341,7 @@ def test_per_class_bars_show_percent_correct():
 
 def test_training_curves_handle_an_empty_history():
     for empty in (History(), {}, History().to_dict()):
-        fig = figures.training_curves(empty)
+        fig = charts.training_curves(empty)
         assert isinstance(fig, go.Figure)
         assert all(len(trace.x) == 0 for trace in fig.data)
         assert fig.layout.annotations[-1].text == "No training steps yet"
@@ -351,7 +351,7 @@ def test_training_curves_plot_steps_smoothed_and_validation_per_epoch():
     steps = [dict(step=i, epoch=i / 10, loss=2.0 if i % 2 else 1.0, acc=0.5, lr=0.01) for i in range(1, 21)]
     epochs = [dict(epoch=1.0, step=10, val_loss=1.4, val_acc=0.6, seconds=1.0),
               dict(epoch=2.0, step=20, val_loss=1.2, val_acc=0.7, seconds=2.0)]
-    fig = figures.training_curves(History(steps=steps, epochs=epochs))
+    fig = charts.training_curves(History(steps=steps, epochs=epochs))
     assert fig.layout.uirevision is not None
     by_name = {}
     for trace in fig.data:
@@ -366,7 +366,7 @@ def test_training_curves_plot_steps_smoothed_and_validation_per_epoch():
     assert list(val_loss.x) == [10, 20] and list(val_acc.y) == pytest.approx([60.0, 70.0])
     assert sum(trace.showlegend is not False for trace in fig.data) == 3  # one legend entry per kind of line
     assert not fig.layout.annotations or all(a.text != "No training steps yet" for a in fig.layout.annotations)
-    unsmoothed = figures.training_curves({"steps": steps, "epochs": []}, smoothing=0.0)
+    unsmoothed = charts.training_curves({"steps": steps, "epochs": []}, smoothing=0.0)
     assert list(unsmoothed.data[1].y) == [s["loss"] for s in steps]
 
 
