@@ -3,8 +3,8 @@
 import os
 
 # Before torch loads: idle OpenMP threads sleep instead of spinning, so many sessions sharing the cores do not
-# slow each other down (measured: a training step under load went from ~300 ms to ~40 ms). `cnnviz app` sets it
-# for its whole process (cnnviz.ui.launch); this covers a plain `streamlit run app.py`.
+# slow each other down. `cnnviz app` sets it for its whole process (cnnviz.ui.launch); this covers a plain
+# `streamlit run app.py`. Training processes undo it for themselves (cnnviz.ui.worker).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st  # noqa: E402

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -84,3 +86,33 @@ def test_two_sessions_train_two_models_independently(small):
     sa, sb = jobs.wait_for(a, 120), jobs.wait_for(b, 120)
     assert sa.result.model is not sb.result.model
     assert not torch.equal(sa.result.model.conv1.weight, sb.result.model.conv1.weight)
+
+
+def test_job_trains_in_its_own_process(small):
+    spec, tr, te = small
+    job = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, min_steps=10, batch_size=64)).start()
+    snap = jobs.wait_for(job, 120)
+    assert snap.status == "finished"
+    assert job.process is not None and job.process.pid != os.getpid() and job.process.exitcode == 0
+
+
+def test_an_error_in_the_training_process_is_reported(small):
+    spec, tr, te = small
+    too_few = models.preset("tiny", 3, 32, 2)  # 8 classes in the data, 2 outputs: the loss raises
+    job = jobs.TrainingJob(too_few, tr, te, train.TrainConfig(epochs=1, min_steps=10, batch_size=64)).start()
+    snap = jobs.wait_for(job, 120)
+    assert snap.status == "failed" and snap.message.startswith("Training failed: ") and "out of bounds" in snap.message
+    assert snap.result is None and not snap.active
+
+
+def test_a_killed_training_process_fails_the_job_with_a_reason(small):
+    spec, tr, te = small
+    job = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=50, batch_size=32)).start()
+    deadline = time.monotonic() + 60
+    while job.snapshot().step < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(job.process.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    snap = jobs.wait_for(job, 30)
+    assert snap.status == "failed" and "ended unexpectedly" in snap.message and "-9" in snap.message
+    assert snap.step >= 3 and len(snap.history["steps"]) >= 3  # what was reported stays on the page

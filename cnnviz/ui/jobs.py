@@ -1,25 +1,32 @@
-"""A training run in a background thread, owned by one session, reporting through a thread-safe snapshot.
+"""A training run in its own process, owned by one session, reporting through a thread-safe snapshot.
 
 The page never waits on training: it starts a :class:`TrainingJob`, then a fragment polls :meth:`snapshot` about
-once a second. The thread never touches Streamlit. A server-wide semaphore bounds how many jobs train at once
-(``CNNVIZ_MAX_JOBS``, default: the number of cores); the rest wait in line and say so.
+once a second. The model trains in a child process (forked from multiprocessing's fork server, which has torch and
+cnnviz loaded already), so the training loop has its own interpreter lock and OpenMP threads: the server's threads,
+busy drawing pages for other students, do not slow it down, and it does not slow them. In the server, one light thread
+per job waits for a slot, starts the process and copies what it reports into the snapshot; it never touches
+Streamlit. A server-wide semaphore bounds how many jobs train at once (``CNNVIZ_MAX_JOBS``, default: the number of
+cores); the rest wait in line and say so.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
+import multiprocessing as mp
+from multiprocessing import forkserver
 import os
+import pickle
 import threading
 import time
 from dataclasses import dataclass, field, replace
 
 import torch
 
-from cnnviz import models, train
+from cnnviz import models
 from cnnviz.checkpoint import Checkpoint
 from cnnviz.data import Split
 from cnnviz.train import Evaluation, History, TrainConfig
+from cnnviz.ui import worker
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +39,21 @@ _training_lock = threading.Lock()
 # multi-threaded small ops spin and wait far longer than they compute. Set per thread (OpenMP keeps it per thread).
 TORCH_THREADS = int(os.environ.get("CNNVIZ_TORCH_THREADS", 0)) or 1
 
+# Training processes fork from multiprocessing's fork server, which imports the worker (and so torch) once: starting
+# a job takes milliseconds instead of the seconds a fresh interpreter needs. `cnnviz app` starts it with the server.
+_context = mp.get_context("forkserver")
+_context.set_forkserver_preload([worker.__name__])
+
+
+def start_worker_server() -> None:
+    """Start the fork server now (it takes a few seconds), so the first Train click does not wait for it."""
+    forkserver.ensure_running()
+
 
 def use_server_threads() -> None:
     """Apply :data:`TORCH_THREADS` to the calling thread (app.py calls this in each script run)."""
     if torch.get_num_threads() != TORCH_THREADS:
         torch.set_num_threads(TORCH_THREADS)
-
-
-FILTER_EVERY = 10  # steps between copies of the first layer's filters for the live view
-REPLAY_FRAMES = 30  # copies kept for replaying how the filters evolved, spread over the run
 
 
 @dataclass
@@ -57,7 +70,7 @@ class Snapshot:
     elapsed: float = 0.0
     eta: float = 0.0
     history: dict = field(default_factory=lambda: History().to_dict())
-    filters: torch.Tensor | None = None  # first conv layer's weights (O, I, kh, kw) at the latest copy
+    filters: torch.Tensor | None = None  # first conv layer's weights (O, I, kh, kw) at the latest report
     result: Checkpoint | None = None
     evaluation: Evaluation | None = None
 
@@ -67,16 +80,16 @@ class Snapshot:
 
 
 class TrainingJob:
-    """Trains a fresh model for ``spec`` on ``train_split`` in a daemon thread; stop it with :meth:`stop`."""
+    """Trains a fresh model for ``spec`` on ``train_split`` in a child process; stop it with :meth:`stop`."""
 
     def __init__(self, spec: models.ModelSpec, train_split: Split, test_split: Split, config: TrainConfig):
         self.spec, self.config = spec, config
         self.train_split, self.test_split = train_split, test_split
-        self._stop = threading.Event()
+        self._stop = _context.Event()  # shared with the training process, which checks it after each step
         self._lock = threading.Lock()
         self._snap = Snapshot(total_steps=config.total_steps(len(train_split)))
-        self._frames: list[tuple[int, torch.Tensor]] = []
         self._thread = threading.Thread(target=self._run, name="cnnviz-train", daemon=True)
+        self.process: mp.process.BaseProcess | None = None  # the training process, once started
 
     def start(self) -> "TrainingJob":
         self._thread.start()
@@ -110,11 +123,10 @@ class TrainingJob:
                                  f"training job{'s are' if MAX_JOBS > 1 else ' is'} running on this server.")
         with _training_lock:
             _training += 1
-            # Cores shared among the jobs training now; the setting holds for this thread only (OpenMP).
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // _training))
+            threads = max(1, (os.cpu_count() or 1) // _training)  # cores shared among the jobs training now
         try:
-            self._train()
-        except Exception as e:  # the page must show a reason, never lose the thread silently
+            self._supervise(threads)
+        except Exception as e:  # the page must show a reason, never lose the job silently
             log.exception("training job failed")
             self._update(status="failed", message=f"Training failed: {e}")
         finally:
@@ -122,49 +134,55 @@ class TrainingJob:
                 _training -= 1
             _slots.release()
 
-    def _train(self) -> None:
+    def _supervise(self, threads: int) -> None:
+        """Start the training process and copy its reports into the snapshot until it ends."""
         self._update(status="running", message="")
-        model = models.build(self.spec, seed=self.config.seed)
-        first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
-        history_steps: list[dict] = []
-        history_epochs: list[dict] = []
+        inbox, outbox = _context.Pipe(duplex=False)
+        # Plain pickle, not multiprocessing's: torch would move the tensors to shared memory, which is small in
+        # containers. A copy through the pipe takes ~0.1 s for MNIST.
+        work = pickle.dumps((self.spec, self.train_split, self.test_split, self.config))
+        self.process = process = _context.Process(target=worker.run, args=(work, outbox, self._stop, threads),
+                                                  name="cnnviz-train", daemon=True)
+        process.start()
+        outbox.close()  # the child holds the only writing end: reading raises EOFError when it exits
+        steps, epochs = [], []
+        try:
+            while True:
+                try:
+                    kind, data = pickle.loads(inbox.recv_bytes())
+                except EOFError:
+                    process.join()
+                    self._update(status="failed", message=f"The training process ended unexpectedly (exit code "
+                                                          f"{process.exitcode}); the server may be out of memory.")
+                    return
+                if kind == "progress":
+                    steps += data.pop("steps")
+                    epochs += data.pop("epochs")
+                    self._update(**data, history={"steps": steps, "epochs": epochs})
+                elif kind == "failed":
+                    self._update(status="failed", message=f"Training failed: {data['error']}")
+                    return
+                else:
+                    self._finish(**data)
+                    return
+        finally:
+            inbox.close()
+            process.join(timeout=5)
 
-        frame_every = max(1, self._snap.total_steps // REPLAY_FRAMES)
-
-        def copy_filters(step: int) -> torch.Tensor | None:
-            if first_conv is None:
-                return None
-            w = first_conv.weight.detach().clone()
-            if step % frame_every == 0 and (not self._frames or self._frames[-1][0] != step):
-                self._frames.append((step, w))
-            return w
-
-        self._update(filters=copy_filters(0))
-
-        def on_step(s: train.Step) -> None:
-            history_steps.append(dict(step=s.step, epoch=s.epoch, loss=s.loss, acc=s.acc, lr=s.lr))
-            changes = dict(step=s.step, loss=s.loss, acc=s.acc, images_per_s=s.images_per_s, elapsed=s.elapsed,
-                           eta=s.eta, history={"steps": history_steps, "epochs": history_epochs})
-            if s.step % FILTER_EVERY == 0 or s.step % frame_every == 0:
-                changes["filters"] = copy_filters(s.step)
-            self._update(**changes)
-
-        val = self.test_split.subset(1000)
-        history = train.fit(model, self.train_split, self.config, val=val, on_step=on_step, stop=self._stop,
-                            on_epoch=history_epochs.append)
-        if first_conv is not None and (not self._frames or self._frames[-1][0] != len(history.steps)):
-            self._frames.append((len(history.steps), first_conv.weight.detach().clone()))
-        evaluation = train.evaluate(model, self.test_split)
-        result = Checkpoint(model, copy.deepcopy(self.spec), self.train_split.info, history,
+    def _finish(self, state: dict, history: History, frames: list, evaluation: Evaluation) -> None:
+        model = models.build(self.spec)
+        model.load_state_dict(state)
+        model.eval()
+        result = Checkpoint(model, self.spec, self.train_split.info, history,
                             {"test_accuracy": evaluation.accuracy, "per_class": evaluation.per_class},
-                            filter_frames=list(self._frames))
+                            filter_frames=frames)
         message = {"finished": f"Done: {evaluation.accuracy:.1%} test accuracy in {history.seconds:.0f} s.",
                    "stopped": f"Stopped at step {len(history.steps)}: the model keeps what it had learned "
                               f"({evaluation.accuracy:.1%} test accuracy).",
                    "diverged": f"Training diverged: {history.reason}"}[history.status]
         self._update(status=history.status, message=message, result=result, evaluation=evaluation,
-                     history=history.to_dict(), filters=copy_filters(len(history.steps)), elapsed=history.seconds,
-                     eta=0.0)
+                     history=history.to_dict(), filters=frames[-1][1] if frames else None, step=len(history.steps),
+                     elapsed=history.seconds, eta=0.0)
 
 
 def wait_for(job: TrainingJob, timeout: float = 60.0) -> Snapshot:

@@ -2,7 +2,8 @@
 
 ``OMP_WAIT_POLICY`` is read once, when torch's OpenMP runtime loads, and importing ``cnnviz`` loads torch. So
 :func:`serve` replaces the current process with a fresh one that has the variable set from the start; that process
-imports the pages' heavy modules before the server listens, so the first visitor does not wait for them.
+imports the pages' heavy modules before the server listens, so the first visitor does not wait for them, and starts
+the fork server that training jobs' processes come from (they wait actively: see :mod:`cnnviz.ui.worker`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ def serve(port: int) -> None:
 def _main(port: int) -> int:
     import cnnviz.ui.views  # noqa: F401  (torch, torchvision and the pages' modules, loaded before the first visit)
     import cnnviz.ui.widgets  # noqa: F401
+    from cnnviz.ui import jobs
+
+    jobs.start_worker_server()  # training processes fork from it; it loads torch while the server starts
     from streamlit.web import cli as stcli
 
     sys.argv = ["streamlit", "run", str(APP), "--server.port", str(port), "--server.headless", "true",

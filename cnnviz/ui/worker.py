@@ -1,0 +1,80 @@
+"""The training process behind :class:`cnnviz.ui.jobs.TrainingJob`: fit, evaluate, report through a pipe.
+
+multiprocessing's fork server imports this module once, and each job's process forks from it. A training process has
+its cores to itself, so it keeps OpenMP's default (active) waiting, as ``cnnviz train`` does, rather than the passive
+waiting the web server asks for (``OMP_WAIT_POLICY``, read once, when torch loads: hence before ``import torch``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+import time
+
+if "torch" not in sys.modules:  # in the fork server; in the web server torch is loaded already and this is moot
+    os.environ.pop("OMP_WAIT_POLICY", None)
+
+import torch  # noqa: E402
+
+from cnnviz import models, train  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# The first optimiser a process makes imports torch._dynamo (0.8 s); make one here, so the fork server pays that once.
+torch.optim.SGD([torch.zeros(1, requires_grad=True)])
+
+REPORT_EVERY = 0.2  # seconds between reports to the job: the steps since the last one, the first layer's filters
+REPLAY_FRAMES = 30  # copies of the first layer's filters kept for replaying how they evolved, spread over the run
+
+
+def run(work: bytes, outbox, stop, threads: int) -> None:
+    """Train what ``work`` (pickled spec, splits, config) describes and send ``(kind, data)`` messages to ``outbox``:
+    ``progress`` several times a second, then ``done`` (weights, history, filter frames, evaluation) or ``failed``."""
+
+    def send(kind: str, **data) -> None:
+        outbox.send_bytes(pickle.dumps((kind, data)))
+
+    try:
+        torch.set_num_threads(threads)
+        spec, train_split, test_split, config = pickle.loads(work)
+        model = models.build(spec, seed=config.seed)
+        first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        frame_every = max(1, config.total_steps(len(train_split)) // REPLAY_FRAMES)
+        frames: list[tuple[int, torch.Tensor]] = []
+        steps: list[dict] = []
+        epochs: list[dict] = []
+        last_report = 0.0
+
+        def filters() -> torch.Tensor | None:
+            return None if first_conv is None else first_conv.weight.detach().clone()
+
+        def on_step(s: train.Step) -> None:
+            nonlocal last_report
+            steps.append(dict(step=s.step, epoch=s.epoch, loss=s.loss, acc=s.acc, lr=s.lr))
+            if s.step % frame_every == 0 and first_conv is not None:
+                frames.append((s.step, filters()))
+            now = time.monotonic()
+            if now - last_report >= REPORT_EVERY or s.step == s.total_steps:
+                send("progress", steps=steps.copy(), epochs=epochs.copy(), step=s.step, loss=s.loss, acc=s.acc,
+                     images_per_s=s.images_per_s, elapsed=s.elapsed, eta=s.eta, filters=filters())
+                steps.clear()
+                epochs.clear()
+                last_report = now
+
+        if first_conv is not None:
+            frames.append((0, filters()))
+        send("progress", steps=[], epochs=[], filters=filters())
+        history = train.fit(model, train_split, config, val=test_split.subset(1000), on_step=on_step, stop=stop,
+                            on_epoch=epochs.append)
+        send("progress", steps=steps, epochs=epochs, step=len(history.steps))
+        if frames and frames[-1][0] != len(history.steps):
+            frames.append((len(history.steps), filters()))
+        evaluation = train.evaluate(model, test_split)
+        send("done", state=model.state_dict(), history=history, frames=frames, evaluation=evaluation)
+    except Exception as e:  # noqa: BLE001  (the job shows the reason; the traceback goes to the server's log)
+        log.exception("training process failed")
+        send("failed", error=str(e))
+    finally:
+        outbox.close()
