@@ -144,7 +144,7 @@ def app_train(options: Options) -> list[Row]:
     from cnnviz import data, models, train
 
     tr, te = data.load("shapes", True), data.load("shapes", False)
-    spec = models.preset(models.DEFAULT_PRESET, tr.info.channels, tr.info.size, tr.info.num_classes)
+    spec = models.preset(tr.info.preset, tr.info.channels, tr.info.size, tr.info.num_classes)
     # The Train page's defaults: 2 epochs, batch 128, lr 0.005, Adam, seed 0, no augmentation.
     config = train.TrainConfig(max_steps=100 if options.quick else None)
     train.fit(models.build(spec), tr, train.TrainConfig(max_steps=20))  # warm-up: first-call costs paid here

@@ -1,4 +1,4 @@
-"""Make the shipped model (``assets/shapes_tiny.pt``) reproducibly: ``make assets`` or ``python -m cnnviz.assets``."""
+"""Make the shipped model (``assets/shapes_model.pt``) reproducibly: ``make assets`` or ``python -m cnnviz.assets``."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 
 from cnnviz import checkpoint, data, models, train
 
-SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "shapes_tiny.pt"
+SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "shapes_model.pt"
 FRAMES = 30
 
 
 def build_shipped(path: Path = SHIPPED, seed: int = 0) -> checkpoint.Checkpoint:
-    """Train the default preset on shapes from ``seed`` and save it, with its filter history, to ``path``."""
+    """Train shapes' default preset on shapes from ``seed`` and save it, with its filter history, to ``path``."""
     tr, te = data.load("shapes", True, seed=seed), data.load("shapes", False, seed=seed)
-    spec = models.preset(models.DEFAULT_PRESET, tr.info.channels, tr.info.size, tr.info.num_classes)
+    spec = models.preset(tr.info.preset, tr.info.channels, tr.info.size, tr.info.num_classes)
     model = models.build(spec, seed=seed)
     config = train.TrainConfig(epochs=tr.info.epochs, seed=seed)
     every = max(1, config.total_steps(len(tr)) // FRAMES)

@@ -24,6 +24,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"cnnviz: {e}", file=sys.stderr)
         return 1
     info = train_split.info
+    args.preset = args.preset or info.preset
     spec = models.preset(args.preset, info.channels, info.size, info.num_classes)
     model = models.build(spec, seed=args.seed)
     epochs = args.epochs or info.epochs
@@ -150,7 +151,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", required=True, choices=list(data.DATASETS))
     t.add_argument("--data-dir", type=Path, default=None,
                    help="where datasets live (default: $CNNVIZ_DATA_DIR or ~/.cache/cnnviz/data)")
-    t.add_argument("--preset", default=models.DEFAULT_PRESET, choices=list(models.PRESETS))
+    t.add_argument("--preset", default=None, choices=list(models.PRESETS),
+                   help="architecture (default: the dataset's own: gap for shapes, tiny for the others)")
     t.add_argument("--epochs", type=_positive_int, default=None,
                    help="passes over the training data (default: the dataset's own, e.g. 4 for shapes, 2 for mnist)")
     t.add_argument("--batch-size", type=_positive_int, default=128)

@@ -38,6 +38,7 @@ class DatasetInfo:
     invert: bool = False  # light strokes on a dark background (MNIST): dark-on-light uploads should be inverted
     description: str = ""
     epochs: int = 2  # a good default: enough for a good model, few enough to train in seconds on a CPU
+    preset: str = "tiny"  # the architecture (models.PRESETS) the app and CLI start from
 
     @property
     def num_classes(self) -> int:
@@ -79,7 +80,7 @@ DATASETS: dict[str, DatasetInfo] = {
         "shapes", "Shapes (built in)", shapes.CLASS_NAMES, 3, shapes.DEFAULT_SIZE,
         shapes.MEAN, shapes.STD,
         description="Simple coloured shapes on a cluttered background, made on the fly: no download needed.",
-        epochs=4,
+        epochs=2, preset="gap",
     ),
     "mnist": DatasetInfo(
         "mnist", "MNIST digits", MNIST_CLASSES, 1, 28, (0.1307,), (0.3081,), invert=True,

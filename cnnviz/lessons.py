@@ -74,7 +74,7 @@ LESSONS: tuple[Lesson, ...] = (
                Step("What excites a deeper layer",
                     "The same for the deeper layer: bigger, more complex patterns — pieces of the shapes "
                     "themselves.",
-                    "maximize", {"layer": "relu2"}),
+                    "maximize", {"layer": "last"}),
                Step("Side by side",
                     "The top patches of each layer's busiest channel, first layer at the top. The windows grow and "
                     "the patterns get more complex as you go down: edges → textures → parts.",

@@ -41,6 +41,7 @@ n_train = st.select_slider("Training images to use", list(sizes), key="train_siz
 # --- 2. Architecture ---------------------------------------------------------------------------------------------
 st.header("2 · Architecture", divider="gray", anchor=False)
 links.valid("train_preset", list(models.PRESETS))
+st.session_state.setdefault("train_preset", info.preset)
 preset = st.radio("Preset", list(models.PRESETS), horizontal=True, key="train_preset",
                   captions=[p["description"] for p in models.PRESETS.values()])
 spec = models.preset(preset, info.channels, info.size, info.num_classes)

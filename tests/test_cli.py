@@ -44,7 +44,7 @@ def test_train_shapes_json_and_checkpoint(tmp_path):
 def _shipped():
     from pathlib import Path
 
-    return Path(__file__).resolve().parent.parent / "assets" / "shapes_tiny.pt"
+    return Path(__file__).resolve().parent.parent / "assets" / "shapes_model.pt"
 
 
 def test_inspect_writes_every_output(tmp_path):
@@ -64,7 +64,8 @@ def test_inspect_writes_every_output(tmp_path):
     assert np.load(out / "input.npy").shape == (1, 3, 32, 32)
     cam = np.load(out / "gradcam.npy")
     assert cam.shape == (32, 32) and cam.dtype == np.float32 and cam.min() >= 0 and cam.max() <= 1
-    for name in ("filters.png", "pooling.png", "gradcam.png", "feature_maps/conv1.png", "feature_maps/pool2.png"):
+    for name in ("filters.png", "pooling.png", "gradcam.png", "feature_maps/conv1.png", "feature_maps/pool1.png",
+                 "feature_maps/relu4.png"):
         assert Image.open(out / name).size[0] > 100, name
 
 

@@ -35,7 +35,7 @@ def test_hierarchy_page_shows_every_section():
     at = app("pages/hierarchy.py")
     assert not at.exception, [e.value for e in at.exception]
     body = texts(at)
-    assert "One cell of **pool2** sees a 10×10 pixel window" in body
+    assert "One cell of **conv4** sees a 16×16 pixel window" in body
     assert "activation maximisation" in body and "windows grow" in body
     assert len(at.image) >= 5
     at.select_slider(key="hier_layer").set_value("relu2").run()

@@ -18,7 +18,7 @@ from cnnviz.checkpoint import Checkpoint
 from cnnviz.data import Split
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_MODEL = ROOT / "assets" / "shapes_tiny.pt"
+SHIPPED_MODEL = ROOT / "assets" / "shapes_model.pt"
 
 
 @dataclass

@@ -21,7 +21,10 @@ def test_split(sm: SessionModel) -> Split | None:
 
 
 def _layer(sm: SessionModel, wanted: str | None, kinds: tuple[str, ...]) -> str:
-    """``wanted`` if the model has it, else the first layer of the given kinds (models differ)."""
+    """``wanted`` if the model has it, else the first layer of the given kinds (models differ); ``"last"`` is the
+    deepest map the model makes, the one Grad-CAM reads (``relu4`` in the gap preset, ``relu2`` in tiny)."""
+    if wanted == "last":
+        return gradcam.default_layer(sm.ckpt.model)
     names = [n for k in kinds for n in probe.layer_names(sm.ckpt.model, k)]
     return wanted if wanted in names else names[0]
 
