@@ -29,16 +29,17 @@ REPORT_EVERY = 0.2  # seconds between reports to the job: the steps since the la
 REPLAY_FRAMES = 30  # copies of the first layer's filters kept for replaying how they evolved, spread over the run
 
 
-def run(work: bytes, outbox, stop, threads: int) -> None:
-    """Train what ``work`` (pickled spec, splits, config) describes and send ``(kind, data)`` messages to ``outbox``:
-    ``progress`` several times a second, then ``done`` (weights, history, filter frames, evaluation) or ``failed``."""
+def run(outbox, stop, threads: int) -> None:
+    """Receive the work from ``outbox`` (pickled spec, train and test splits, config), train, and send back
+    ``(kind, data)`` messages: ``progress`` several times a second, then ``done`` (weights, history, filter frames,
+    evaluation) or ``failed``. ``stop`` is checked after each step."""
 
     def send(kind: str, **data) -> None:
         outbox.send_bytes(pickle.dumps((kind, data)))
 
     try:
         torch.set_num_threads(threads)
-        spec, train_split, test_split, config = pickle.loads(work)
+        spec, train_split, test_split, config = pickle.loads(outbox.recv_bytes())
         model = models.build(spec, seed=config.seed)
         first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
         frame_every = max(1, config.total_steps(len(train_split)) // REPLAY_FRAMES)
