@@ -18,7 +18,16 @@ SHARED = links.TRAIN
 links.restore(SHARED)
 names = list(data.DATASETS)
 links.valid("train_dataset", names)
-ds_name = st.selectbox("Dataset", names, format_func=lambda n: data.DATASETS[n].title, key="train_dataset")
+
+
+def _dataset_defaults() -> None:
+    """A new dataset starts from its own recommended architecture and number of epochs."""
+    chosen = data.DATASETS[st.session_state.train_dataset]
+    st.session_state.train_preset, st.session_state.train_epochs = chosen.preset, chosen.epochs
+
+
+ds_name = st.selectbox("Dataset", names, format_func=lambda n: data.DATASETS[n].title, key="train_dataset",
+                       on_change=_dataset_defaults)
 info = data.info(ds_name)
 st.caption(f"{info.description} Classes: {', '.join(info.class_names)}.")
 try:

@@ -233,3 +233,14 @@ def test_explore_draw_source_paints_an_image():
     at.run()
     assert "your drawing" in texts(at)
     _views_rendered(at)
+
+
+def test_choosing_a_dataset_starts_from_its_own_preset_and_epochs():
+    at = app("pages/train.py")
+    assert at.radio(key="train_preset").value == "gap" and at.number_input(key="train_epochs").value == 2
+    at.radio(key="train_preset").set_value("deep").run()
+    at.selectbox(key="train_dataset").set_value("fashion-mnist").run()  # not downloaded here: the page says so
+    assert not at.exception
+    assert at.session_state.train_preset == "tiny" and at.session_state.train_epochs == 3
+    at.selectbox(key="train_dataset").set_value("shapes").run()
+    assert at.radio(key="train_preset").value == "gap" and at.number_input(key="train_epochs").value == 2

@@ -96,10 +96,10 @@ def maximized(sm: SessionModel, layer: str | None = None, limit: int = 12, cols:
     so it runs once per layer."""
     info, model = sm.ckpt.info, sm.ckpt.model
     layer = _layer(sm, layer, ("activation", "pool", "conv"))
-    width = probe.run(model, torch.zeros(1, *info.input_shape))[layer].output.shape[1]
-    channels = list(range(min(limit, width)))
     key = f"maxim::{sm.model_id}::{layer}::{limit}"
     if key not in st.session_state:
+        width = probe.run(model, torch.zeros(1, *info.input_shape))[layer].output.shape[1]
+        channels = list(range(min(limit, width)))
         bar = st.progress(0.0, text="Synthesising an input for each channel…")
         results = maximize.maximize_layer(model, layer, info.input_shape, channels,
                                           on_step=lambda i, n: bar.progress(i / n, text=f"Step {i} of {n}"))
