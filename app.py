@@ -4,7 +4,7 @@ import os
 
 # Before torch loads: idle OpenMP threads sleep instead of spinning, so many sessions sharing the cores do not
 # slow each other down. `cnnviz app` sets it for its whole process (cnnviz.ui.launch); this covers a plain
-# `streamlit run app.py`. Training processes undo it for themselves (cnnviz.ui.worker).
+# `streamlit run app.py`. Training processes start without it (cnnviz.ui.jobs).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st  # noqa: E402

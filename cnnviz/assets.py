@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
+
 from cnnviz import checkpoint, data, models, train
 
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "shapes_model.pt"
@@ -18,11 +20,11 @@ def build_shipped(path: Path = SHIPPED, seed: int = 0) -> checkpoint.Checkpoint:
     model = models.build(spec, seed=seed)
     config = train.TrainConfig(epochs=tr.info.epochs, seed=seed)
     every = max(1, config.total_steps(len(tr)) // FRAMES)
-    frames = [(0, model.conv1.weight.detach().clone())]
+    frames = [(0, model.conv1.weight.detach().clone(memory_format=torch.contiguous_format))]
 
     def on_step(s: train.Step) -> None:
         if s.step % every == 0 or s.step == s.total_steps:
-            frames.append((s.step, model.conv1.weight.detach().clone()))
+            frames.append((s.step, model.conv1.weight.detach().clone(memory_format=torch.contiguous_format)))
 
     history = train.fit(model, tr, config, val=te, on_step=on_step)
     ev = train.evaluate(model, te)

@@ -154,7 +154,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default=None, choices=list(models.PRESETS),
                    help="architecture (default: the dataset's own: gap for shapes, tiny for the others)")
     t.add_argument("--epochs", type=_positive_int, default=None,
-                   help="passes over the training data (default: the dataset's own, e.g. 4 for shapes, 2 for mnist)")
+                   help="passes over the training data (default: the dataset's own, e.g. 2 for shapes and mnist)")
     t.add_argument("--batch-size", type=_positive_int, default=128)
     t.add_argument("--lr", type=_learning_rate, default=0.005, help="peak learning rate (one-cycle schedule)")
     t.add_argument("--seed", type=int, default=0)

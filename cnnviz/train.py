@@ -142,7 +142,8 @@ def fit(
     total = config.total_steps(len(train))
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    # oneDNN's preferred layout on a CPU: conv steps ran 1.2-1.9× faster (benchmarks); put back when done.
+    # oneDNN's preferred layout on a CPU: 1.2-1.3× more images/s on our presets (docs/benchmarks.md). Put back
+    # when done, also when the loop raises.
     model.to(memory_format=torch.channels_last)
     opt = _optimizer(model, config)
     if total >= 10:
@@ -155,52 +156,54 @@ def fit(
     start = time.perf_counter()
     step, seen = 0, 0
     model.train()
-    while step < total and history.status == "running":
-        order = torch.randperm(len(train), generator=gen)
-        for i in range(0, len(train), config.batch_size):
-            idx = order[i: i + config.batch_size]
-            x, y = normalize(train.x[idx], info), train.y[idx]
-            if config.augment:
-                x = _augment(x, gen)
-            x = x.contiguous(memory_format=torch.channels_last)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                model.load_state_dict(good_state)
-                history.status = "diverged"
-                history.reason = (f"the loss became {loss.item()} at step {step + 1}: the learning rate "
-                                  f"({config.lr:g}) is probably too high. The model was put back to step {step}.")
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            seen += len(idx)
-            good_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            elapsed = time.perf_counter() - start
-            record = Step(step, total, step / steps_per_epoch, loss.item(),
-                          (logits.argmax(1) == y).float().mean().item(), sched.get_last_lr()[0],
-                          seen / elapsed, elapsed)
-            history.steps.append(dict(step=step, epoch=record.epoch, loss=record.loss, acc=record.acc, lr=record.lr))
-            if on_step:
-                on_step(record)
-            epoch_end = step % steps_per_epoch == 0 or step == total
-            if val is not None and epoch_end:
-                ev = evaluate(model, val)
-                history.epochs.append(dict(epoch=record.epoch, step=step, val_loss=ev.loss, val_acc=ev.accuracy,
-                                           seconds=time.perf_counter() - start))
-                if on_epoch:
-                    on_epoch(history.epochs[-1])
-                model.train()
-            if stop is not None and stop.is_set():
-                history.status, history.reason = "stopped", f"stopped by request at step {step} of {total}"
-                break
-            if step >= total:
-                break
+    try:
+        while step < total and history.status == "running":
+            order = torch.randperm(len(train), generator=gen)
+            for i in range(0, len(train), config.batch_size):
+                idx = order[i: i + config.batch_size]
+                x, y = normalize(train.x[idx], info), train.y[idx]
+                if config.augment:
+                    x = _augment(x, gen)
+                x = x.contiguous(memory_format=torch.channels_last)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                if not torch.isfinite(loss):
+                    model.load_state_dict(good_state)
+                    history.status = "diverged"
+                    history.reason = (f"the loss became {loss.item()} at step {step + 1}: the learning rate "
+                                      f"({config.lr:g}) is probably too high. The model was put back to step {step}.")
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                seen += len(idx)
+                good_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                elapsed = time.perf_counter() - start
+                record = Step(step, total, step / steps_per_epoch, loss.item(),
+                              (logits.argmax(1) == y).float().mean().item(), sched.get_last_lr()[0],
+                              seen / elapsed, elapsed)
+                history.steps.append(dict(step=step, epoch=record.epoch, loss=record.loss, acc=record.acc, lr=record.lr))
+                if on_step:
+                    on_step(record)
+                epoch_end = step % steps_per_epoch == 0 or step == total
+                if val is not None and epoch_end:
+                    ev = evaluate(model, val)
+                    history.epochs.append(dict(epoch=record.epoch, step=step, val_loss=ev.loss, val_acc=ev.accuracy,
+                                               seconds=time.perf_counter() - start))
+                    if on_epoch:
+                        on_epoch(history.epochs[-1])
+                    model.train()
+                if stop is not None and stop.is_set():
+                    history.status, history.reason = "stopped", f"stopped by request at step {step} of {total}"
+                    break
+                if step >= total:
+                    break
+    finally:
+        model.to(memory_format=torch.contiguous_format)
     if history.status == "running":
         history.status = "finished"
-    model.to(memory_format=torch.contiguous_format)
     model.eval()
     history.seconds = time.perf_counter() - start
     history.images_per_s = seen / history.seconds if history.seconds > 0 else 0.0

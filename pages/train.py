@@ -1,5 +1,7 @@
 """Train: choose data, architecture and settings; watch the model learn live; keep, save or load it."""
 
+import time
+
 import pandas as pd
 import streamlit as st
 
@@ -118,6 +120,20 @@ if b[1].button("Stop", icon=":material/stop:", disabled=not running, key="train_
     st.session_state.job.stop()
 
 
+FILTERS_EVERY = 2.0  # seconds between redraws of the live filter grid (a matplotlib figure: ~60 ms of the server)
+
+
+def live_filters(job: jobs.TrainingJob, snap: jobs.Snapshot) -> bytes:
+    """The first layer's filters as a PNG, redrawn at most every FILTERS_EVERY seconds while the job trains."""
+    drawn = st.session_state.get("live_filters")  # (job, when, step, png)
+    if (drawn is None or drawn[0] is not job
+            or drawn[2] != snap.step and (not snap.active or time.monotonic() - drawn[1] >= FILTERS_EVERY)):
+        png = figures.to_png(figures.filter_grid(snap.filters, title=f"First-layer filters at step {snap.step}"),
+                             dpi=80)
+        drawn = st.session_state.live_filters = (job, time.monotonic(), snap.step, png)
+    return drawn[3]
+
+
 @st.fragment(run_every=1.0 if running else None)
 def live() -> None:
     job = st.session_state.get("job")
@@ -139,8 +155,7 @@ def live() -> None:
     left, right = st.columns([3, 2])
     left.plotly_chart(charts.training_curves(snap.history), key="curves", width="stretch")
     if snap.filters is not None:
-        right.image(figures.to_png(figures.filter_grid(snap.filters, title=f"First-layer filters at step {snap.step}"),
-                                   dpi=80), width="stretch")
+        right.image(live_filters(job, snap), width="stretch")
         right.caption("Each square is one filter of the first layer. They start as random noise and turn into "
                       "edge, spot and colour detectors as the network learns.")
     if widgets.adopt_finished(snap):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,7 +81,7 @@ def test_jobs_beyond_the_limit_wait_in_line_and_can_be_stopped(small, monkeypatc
     fourth.stop()  # stopping a queued job ends it without training
     assert jobs.wait_for(fourth, 30).status == "stopped" and fourth.snapshot().step == 0
     third.stop()
-    jobs.wait_for(third, 60)
+    assert jobs.wait_for(third, 60).status == "stopped"
 
 
 def test_two_sessions_train_two_models_independently(small):
@@ -116,3 +121,62 @@ def test_a_killed_training_process_fails_the_job_with_a_reason(small):
     snap = jobs.wait_for(job, 30)
     assert snap.status == "failed" and "ended unexpectedly" in snap.message and "-9" in snap.message
     assert snap.step >= 3 and len(snap.history["steps"]) >= 3  # what was reported stays on the page
+
+
+def test_a_job_stopped_before_it_starts_never_trains(small):
+    spec, tr, te = small
+    job = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, min_steps=10, batch_size=64))
+    job.stop()
+    snap = jobs.wait_for(job.start(), 30)  # a slot is free, so it gets one at once, then sees the stop
+    assert snap.status == "stopped" and snap.step == 0 and job.process is None
+
+
+def test_a_training_process_that_does_not_answer_a_stop_is_killed(small, monkeypatch):
+    spec, tr, te = small
+    monkeypatch.setattr(jobs, "STOP_GRACE", 0.01)
+    big = replace(tr, x=tr.x.repeat(8, 1, 1, 1), y=tr.y.repeat(8), masks=None)
+    slow = models.preset("deep", 3, 32, tr.info.num_classes)  # a step on 4,096 images: a second or more
+    job = jobs.TrainingJob(slow, big, te, train.TrainConfig(epochs=50, batch_size=4096)).start()
+    deadline = time.monotonic() + 120
+    while job.snapshot().step < 1:  # stop while it is inside its second step
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    job.stop()
+    snap = jobs.wait_for(job, 60)
+    assert snap.status == "stopped" and "did not answer" in snap.message and snap.result is None
+    assert job.process.exitcode == -signal.SIGKILL
+
+
+CHILD_SCRIPT = r"""
+import json, os, sys, time
+if __name__ != "__main__":  # multiprocessing re-running this file inside the training process
+    open(os.environ["MARKER"], "w").write(__name__)
+else:
+    from cnnviz import data, models, train
+    from cnnviz.ui import jobs
+
+    split = data.load("shapes", train=False).subset(256)
+    job = jobs.TrainingJob(models.preset("tiny", 3, 32, 8), split, split,
+                           train.TrainConfig(epochs=50, batch_size=32)).start()
+    while job.snapshot().step < 1:
+        time.sleep(0.01)
+    env = open(f"/proc/{job.process.pid}/environ", "rb").read().split(b"\0")
+    job.stop()
+    print(json.dumps({"status": jobs.wait_for(job, 60).status,
+                      "child_policy": [e.decode() for e in env if e.startswith(b"OMP_WAIT_POLICY=")],
+                      "server_policy": os.environ.get("OMP_WAIT_POLICY")}))
+"""
+
+
+def test_training_process_waits_actively_and_does_not_rerun_the_main_script(tmp_path):
+    """As under `cnnviz app`: the server's OpenMP threads wait passively, its training processes do not; and the
+    server's main script (under Streamlit, app.py) is not run again inside each training process."""
+    script, marker = tmp_path / "server.py", tmp_path / "marker"
+    script.write_text(CHILD_SCRIPT)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MARKER": str(marker), "CNNVIZ_MAX_JOBS": "1"}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=180,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"status": "stopped", "child_policy": [], "server_policy": "PASSIVE"}
+    assert not marker.exists()

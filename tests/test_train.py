@@ -106,3 +106,25 @@ def test_bad_config_refused():
         train.TrainConfig(lr=0).check()
     with pytest.raises(ValueError, match="optimiser"):
         train.TrainConfig(optimizer="rmsprop").check()
+
+
+def test_training_layout_does_not_leak_out_of_fit(shapes_small):
+    """fit trains channels-last (faster on a CPU) and hands the model back in the usual layout, also on an error."""
+    tr, _ = shapes_small
+    spec = models.preset("gap", 3, 32, tr.info.num_classes)
+    model = models.build(spec, seed=0)
+    seen = []
+
+    def record_layout(step):
+        seen.append(model.conv2.weight.is_contiguous(memory_format=torch.channels_last))
+
+    train.fit(model, tr, train.TrainConfig(max_steps=3, batch_size=32), on_step=record_layout)
+    assert seen == [True] * 3
+    assert all(p.is_contiguous() for p in model.parameters())
+
+    def fail(step):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        train.fit(model, tr, train.TrainConfig(max_steps=3, batch_size=32), on_step=fail)
+    assert all(p.is_contiguous() for p in model.parameters())

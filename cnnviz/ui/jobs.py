@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-from multiprocessing import forkserver
+from multiprocessing import forkserver, spawn
 import os
 import pickle
 import threading
@@ -43,11 +43,49 @@ TORCH_THREADS = int(os.environ.get("CNNVIZ_TORCH_THREADS", 0)) or 1
 # a job takes milliseconds instead of the seconds a fresh interpreter needs. `cnnviz app` starts it with the server.
 _context = mp.get_context("forkserver")
 _context.set_forkserver_preload([worker.__name__])
+_start_lock = threading.Lock()
+STOP_GRACE = 10.0  # seconds a training process gets to answer a stop before it is killed
 
 
 def start_worker_server() -> None:
-    """Start the fork server now (it takes a few seconds), so the first Train click does not wait for it."""
-    forkserver.ensure_running()
+    """Start the fork server if it is not running (it takes a few seconds; `cnnviz app` calls this at start, so the
+    first Train click does not wait).
+
+    It starts without ``OMP_WAIT_POLICY``, which the web server sets to ``PASSIVE`` for its own threads: the
+    variable is read once, when torch loads, and a training process has its cores to itself, so it waits actively,
+    as ``cnnviz train`` does.
+    """
+    with _start_lock:
+        policy = os.environ.pop("OMP_WAIT_POLICY", None)
+        try:
+            forkserver.ensure_running()
+        finally:
+            if policy is not None:
+                os.environ["OMP_WAIT_POLICY"] = policy
+
+
+def _start(process: mp.process.BaseProcess) -> None:
+    """Start ``process`` without re-running the parent's main module in it.
+
+    multiprocessing runs the parent's ``__main__`` file in each child (as ``__mp_main__``) so that pickled functions
+    defined there resolve. Ours live in :mod:`cnnviz.ui.worker`, and under Streamlit ``__main__`` is ``app.py``
+    itself: re-running it would draw the home page in every training process (0.5 s and a screenful of warnings).
+    """
+    start_worker_server()
+    with _start_lock:
+        prepare = spawn.get_preparation_data
+
+        def without_main(name: str) -> dict:
+            data = prepare(name)
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+            return data
+
+        spawn.get_preparation_data = without_main
+        try:
+            process.start()
+        finally:
+            spawn.get_preparation_data = prepare
 
 
 def use_server_threads() -> None:
@@ -121,6 +159,10 @@ class TrainingJob:
                 return
             self._update(message=f"Waiting for a free training slot: {MAX_JOBS} other "
                                  f"training job{'s are' if MAX_JOBS > 1 else ' is'} running on this server.")
+        if self._stop.is_set():  # stopped while it waited for the slot it just got
+            _slots.release()
+            self._update(status="stopped", message="Stopped before it started.")
+            return
         with _training_lock:
             _training += 1
             threads = max(1, (os.cpu_count() or 1) // _training)  # cores shared among the jobs training now
@@ -138,37 +180,59 @@ class TrainingJob:
         """Start the training process, send it the work, and copy its reports into the snapshot until it ends."""
         self._update(status="running", message="")
         here, there = _context.Pipe()
-        self.process = process = _context.Process(target=worker.run, args=(there, self._stop, threads),
-                                                  name="cnnviz-train", daemon=True)
-        process.start()
-        there.close()  # the child holds the only other end now: reading raises EOFError once it exits
-        steps, epochs = [], []
+        process = None
         try:
+            self.process = process = _context.Process(target=worker.run, args=(there, self._stop, threads),
+                                                      name="cnnviz-train", daemon=True)
+            _start(process)
+            there.close()  # the child holds the only other end now: reading raises EOFError once it exits
             # Plain pickle, not multiprocessing's: torch would move the tensors to shared memory, which is small in
             # containers. Sent through the pipe rather than as the process's arguments, so the server does not keep
             # a second copy of the data while the job runs (~0.1 s for MNIST). Training needs no masks.
             splits = [replace(split, masks=None) for split in (self.train_split, self.test_split)]
             here.send_bytes(pickle.dumps((self.spec, *splits, self.config)))
             del splits
-            while True:
-                kind, data = pickle.loads(here.recv_bytes())
-                if kind == "progress":
-                    steps += data.pop("steps")
-                    epochs += data.pop("epochs")
-                    self._update(**data, history={"steps": steps, "epochs": epochs})
-                elif kind == "failed":
-                    self._update(status="failed", message=f"Training failed: {data['error']}")
-                    return
-                else:
-                    self._finish(**data)
-                    return
+            self._follow(here, process)
         except (EOFError, OSError):  # the pipe closed (BrokenPipeError is an OSError): the process is gone
-            process.join()
+            if process is not None:
+                process.join(timeout=5)
             self._update(status="failed", message=f"The training process ended unexpectedly (exit code "
-                                                  f"{process.exitcode}); the server may be out of memory.")
+                                                  f"{getattr(process, 'exitcode', None)}); the server may be out of "
+                                                  f"memory.")
         finally:
             here.close()
-            process.join(timeout=5)
+            there.close()
+            if process is not None and process.pid is not None:
+                process.join(timeout=5)
+                if process.exitcode is None:  # it hangs: nothing more can come from it
+                    process.kill()
+                    process.join()
+
+    def _follow(self, here, process: mp.process.BaseProcess) -> None:
+        """Copy the process's reports into the snapshot until its last one; kill it if a stop goes unanswered."""
+        steps, epochs = [], []
+        stop_seen = None
+        while True:
+            if not here.poll(min(0.25, STOP_GRACE)):
+                if self._stop.is_set():
+                    stop_seen = stop_seen or time.monotonic()
+                    if time.monotonic() - stop_seen > STOP_GRACE:
+                        process.kill()
+                        self._update(status="stopped", message="Stopped. The training process did not answer in "
+                                                               "time, so what it had learned was not kept.")
+                        return
+                continue
+            kind, data = pickle.loads(here.recv_bytes())
+            if kind == "progress":
+                steps += data.pop("steps")
+                epochs += data.pop("epochs")
+                self._update(**data, history={"steps": steps, "epochs": epochs})
+            elif kind == "failed":
+                self._update(status="failed", message=f"Training failed: {data['error']}")
+                return
+            else:
+                self._finish(**data)
+                return
 
     def _finish(self, state: dict, history: History, frames: list, evaluation: Evaluation) -> None:
         model = models.build(self.spec)

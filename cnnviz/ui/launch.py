@@ -3,7 +3,8 @@
 ``OMP_WAIT_POLICY`` is read once, when torch's OpenMP runtime loads, and importing ``cnnviz`` loads torch. So
 :func:`serve` replaces the current process with a fresh one that has the variable set from the start; that process
 imports the pages' heavy modules before the server listens, so the first visitor does not wait for them, and starts
-the fork server that training jobs' processes come from (they wait actively: see :mod:`cnnviz.ui.worker`).
+the fork server that training jobs' processes come from (they wait actively: see
+:func:`cnnviz.ui.jobs.start_worker_server`).
 """
 
 from __future__ import annotations

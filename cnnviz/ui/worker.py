@@ -1,24 +1,19 @@
 """The training process behind :class:`cnnviz.ui.jobs.TrainingJob`: fit, evaluate, report through a pipe.
 
-multiprocessing's fork server imports this module once, and each job's process forks from it. A training process has
-its cores to itself, so it keeps OpenMP's default (active) waiting, as ``cnnviz train`` does, rather than the passive
-waiting the web server asks for (``OMP_WAIT_POLICY``, read once, when torch loads: hence before ``import torch``).
+multiprocessing's fork server imports this module once, and each job's process forks from it. The fork server
+starts without the web server's ``OMP_WAIT_POLICY=PASSIVE`` (see :func:`cnnviz.ui.jobs.start_worker_server`): a
+training process has its cores to itself and waits actively, as ``cnnviz train`` does.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import sys
 import time
 
-if "torch" not in sys.modules:  # in the fork server; in the web server torch is loaded already and this is moot
-    os.environ.pop("OMP_WAIT_POLICY", None)
+import torch
 
-import torch  # noqa: E402
-
-from cnnviz import models, train  # noqa: E402
+from cnnviz import models, train
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +44,10 @@ def run(outbox, stop, threads: int) -> None:
         last_report = 0.0
 
         def filters() -> torch.Tensor | None:
-            return None if first_conv is None else first_conv.weight.detach().clone()
+            # Contiguous: training runs channels-last, and the copies outlive it (checkpoints, figures).
+            if first_conv is None:
+                return None
+            return first_conv.weight.detach().clone(memory_format=torch.contiguous_format)
 
         def on_step(s: train.Step) -> None:
             nonlocal last_report
