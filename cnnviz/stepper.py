@@ -78,13 +78,15 @@ class PoolStep:
     output: float  # the layer's own output at (channel, row, col)
 
 
-def conv_step(model: nn.Module, x: Tensor, layer: str, channel: int, row: int, col: int) -> ConvStep:
+def conv_step(model: nn.Module, x: Tensor, layer: str, channel: int, row: int, col: int,
+              records: dict[str, probe.Record] | None = None) -> ConvStep:
     """How the ``Conv2d`` ``layer`` computes output cell ``(channel, row, col)`` for one image ``x`` (1, C, H, W).
 
     Zero padding only; stride, dilation and groups as the layer has them. Out-of-range indices, an unknown layer or
-    one that is not a ``Conv2d`` raise ``ValueError`` with the valid choices.
+    one that is not a ``Conv2d`` raise ``ValueError`` with the valid choices. ``records``: ``probe.run(model, x)``
+    if the caller has it already (a page's cached inspection), so a slider move needs no forward pass.
     """
-    records = _run(model, x)
+    records = records if records is not None else _run(model, x)
     record = _record(records, layer, ("Conv2d",))
     _check_cell(record, channel, row, col)
     conv = probe.get_module(model, layer)
@@ -125,12 +127,14 @@ def sweep_order(h: int, w: int) -> list[tuple[int, int]]:
     return [(row, col) for row in range(h) for col in range(w)]
 
 
-def pool_step(model: nn.Module, x: Tensor, layer: str, channel: int, row: int, col: int) -> PoolStep:
+def pool_step(model: nn.Module, x: Tensor, layer: str, channel: int, row: int, col: int,
+              records: dict[str, probe.Record] | None = None) -> PoolStep:
     """How the pooling ``layer`` (max or average) computes output cell ``(channel, row, col)`` for ``x`` (1, C, H, W).
 
     Out-of-range indices, an unknown layer or one of another type raise ``ValueError`` with the valid choices.
+    ``records`` as in :func:`conv_step`.
     """
-    records = _run(model, x)
+    records = records if records is not None else _run(model, x)
     record = _record(records, layer, ("MaxPool2d", "AvgPool2d"))
     _check_cell(record, channel, row, col)
     pool = probe.get_module(model, layer)

@@ -38,7 +38,7 @@ st.session_state.setdefault("conv_row", out.shape[1] // 2)
 st.session_state.setdefault("conv_col", out.shape[2] // 2)
 row = c[2].slider("Row", 0, out.shape[1] - 1, key="conv_row") if out.shape[1] > 1 else 0
 col = c[3].slider("Column", 0, out.shape[2] - 1, key="conv_col") if out.shape[2] > 1 else 0
-step = stepper.conv_step(model, ins.x, layer, channel, row, col)
+step = stepper.conv_step(model, ins.x, layer, channel, row, col, records=ins.records)
 
 # --- show the window, the numbers and the result -----------------------------------------------------------------
 left, right = st.columns(2)
@@ -133,7 +133,7 @@ else:
     pch = c[1].number_input("Channel #", 0, pout.shape[0] - 1, key="pool_channel")
     prow = c[2].slider("Row ", 0, pout.shape[1] - 1, key="pool_row") if pout.shape[1] > 1 else 0
     pcol = c[3].slider("Column ", 0, pout.shape[2] - 1, key="pool_col") if pout.shape[2] > 1 else 0
-    ps = stepper.pool_step(model, ins.x, player, pch, prow, pcol)
+    ps = stepper.pool_step(model, ins.x, player, pch, prow, pcol, records=ins.records)
     pin = ins.records[player].input[0][pch]
     a, b = st.columns(2)
     a.image(figure_png((sm.model_id, picked.key, "poolbox", player, pch, prow, pcol), lambda: figures.image_with_boxes(

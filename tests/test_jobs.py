@@ -25,6 +25,14 @@ def small(shapes_small):
     return models.preset("tiny", 3, 32, tr.info.num_classes), tr.subset(512), te.subset(200)
 
 
+def _wait_for_step(job: jobs.TrainingJob, step: int, timeout: float = 60) -> None:
+    """Poll until ``job`` has reported ``step``; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while job.snapshot().step < step:
+        assert time.monotonic() < deadline, job.snapshot()
+        time.sleep(0.01)
+
+
 def test_job_trains_in_background_and_reports(small):
     spec, tr, te = small
     job = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, min_steps=20, batch_size=64)).start()
@@ -50,10 +58,7 @@ def test_snapshot_is_a_copy(small):
 def test_stop_ends_the_job_with_its_last_good_model(small):
     spec, tr, te = small
     job = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=50, batch_size=32)).start()
-    deadline = time.monotonic() + 60
-    while job.snapshot().step < 3:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    _wait_for_step(job, 3)
     job.stop()
     snap = jobs.wait_for(job, 60)
     assert snap.status == "stopped" and snap.step < snap.total_steps
@@ -113,10 +118,7 @@ def test_an_error_in_the_training_process_is_reported(small):
 def test_a_killed_training_process_fails_the_job_with_a_reason(small):
     spec, tr, te = small
     job = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=50, batch_size=32)).start()
-    deadline = time.monotonic() + 60
-    while job.snapshot().step < 3:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    _wait_for_step(job, 3)
     os.kill(job.process.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
     snap = jobs.wait_for(job, 30)
     assert snap.status == "failed" and "ended unexpectedly" in snap.message and "-9" in snap.message
@@ -137,10 +139,7 @@ def test_a_training_process_that_does_not_answer_a_stop_is_killed(small, monkeyp
     big = replace(tr, x=tr.x.repeat(8, 1, 1, 1), y=tr.y.repeat(8), masks=None)
     slow = models.preset("deep", 3, 32, tr.info.num_classes)  # a step on 4,096 images: a second or more
     job = jobs.TrainingJob(slow, big, te, train.TrainConfig(epochs=50, batch_size=4096)).start()
-    deadline = time.monotonic() + 120
-    while job.snapshot().step < 1:  # stop while it is inside its second step
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    _wait_for_step(job, 1, timeout=120)  # then stop while it is inside its second step
     job.stop()
     snap = jobs.wait_for(job, 60)
     assert snap.status == "stopped" and "did not answer" in snap.message and snap.result is None

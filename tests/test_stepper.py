@@ -185,3 +185,21 @@ def test_bad_layers_and_cells_say_what_is_valid():
         stepper.conv_sweep(model, x, "conv1", 4)
     with pytest.raises(ValueError, match=r"one float image \(1, C, H, W\)"):
         stepper.conv_step(model, torch.randn(2, 3, 16, 16), "conv1", 0, 0, 0)
+
+
+def test_steps_reuse_records_the_caller_has_without_a_forward_pass(trained_shapes):
+    model, _, _, test = trained_shapes
+    x = data.normalize(test.x[:1], test.info)
+    records = probe.run(model, x)
+    calls = []
+    hook = model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        fresh = stepper.conv_step(model, x, "conv2", 3, 4, 5)
+        assert len(calls) == 1  # without records, one forward pass
+        reused = stepper.conv_step(model, x, "conv2", 3, 4, 5, records=records)
+        pooled = stepper.pool_step(model, x, "pool1", 2, 3, 3, records=records)
+        assert len(calls) == 1  # with them, none
+    finally:
+        hook.remove()
+    assert reused.total == pytest.approx(fresh.total) and reused.output == fresh.output
+    assert pooled.value == pytest.approx(pooled.output)
