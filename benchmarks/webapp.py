@@ -103,7 +103,7 @@ def explore(options: Options) -> list[Row]:
     start = time.perf_counter()
     at.switch_page("pages/explore.py").run()
     switch_s = time.perf_counter() - start
-    at.segmented_control(key="explore_source").set_value("Upload").run()
+    at.pills(key="explore_source").set_value("Upload").run()
     _check(at)
 
     cold = []

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+import matplotlib
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -30,6 +31,10 @@ from torchvision.utils import make_grid
 
 from cnnviz.data import DatasetInfo, denormalize
 from cnnviz.probe import PoolPair
+
+# Titles and labels carry outside text (class names from a file, upload names): a "$" in them is a dollar sign,
+# never the start of mathematics (which would also raise on unbalanced dollars).
+matplotlib.rcParams["text.parse_math"] = False
 
 FONT = 10  # the smallest letters we draw, in points
 TITLE_FONT = 13

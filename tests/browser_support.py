@@ -68,7 +68,10 @@ def streamlit_server(timeout: float = 90.0):
 def browser_page(width: int = 1400, height: int = 1000):
     """A Playwright page in Debian's headless Chromium (never a downloaded browser)."""
     if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed (apt-get install -y chromium); .ci/run installs it")
+        missing = "chromium is not installed (apt-get install -y chromium); .ci/run installs it"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{missing}. With CI=true the browser tests must run, not skip.")
+        pytest.skip(missing)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -2,13 +2,66 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 
 import pytest
 import torch
 
 # One thread: with the other core busy (a browser, a server), two OpenMP threads make small ops far slower.
 torch.set_num_threads(1)
+
+
+def _loopback(address) -> bool:
+    """True for an address on this machine: a Unix socket path, localhost, 127.0.0.0/8 or ::1."""
+    if not isinstance(address, tuple):
+        return True  # AF_UNIX paths (and abstract names) never leave the machine
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost would need DNS: that is the network
+
+
+class NetworkBlocked(OSError):
+    """A test tried to reach another machine; tests never touch the network."""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_network():
+    """Refuse every connection that would leave this machine, so a test that would download fails instead.
+
+    Covers this process (the back end, and the pages under AppTest, which run in it). The app servers that browser
+    tests start are separate processes serving loopback only, and the pages they serve load no remote resources.
+    """
+    real_connect, real_connect_ex, real_getaddrinfo = (socket.socket.connect, socket.socket.connect_ex,
+                                                       socket.getaddrinfo)
+
+    def guard(address):
+        if not _loopback(address):
+            raise NetworkBlocked(f"tests never touch the network (tried to reach {address!r})")
+
+    def connect(self, address):
+        guard(address)
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        guard(address)
+        return real_connect_ex(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        guard((host.decode() if isinstance(host, bytes) else host or "localhost", 0))
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+    try:
+        yield
+    finally:
+        socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = (real_connect, real_connect_ex,
+                                                                               real_getaddrinfo)
 
 
 @pytest.fixture(scope="session")

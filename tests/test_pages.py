@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def app(page: str | None = None) -> AppTest:
 def texts(at: AppTest) -> str:
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [e.value for e in at.error]
     parts += [s.value for s in at.success] + [i.value for i in at.info] + [w.value for w in at.warning]
-    return "\n".join(parts)
+    return re.sub(r"\\(.)", r"\1", "\n".join(parts))  # as read on screen: outside text arrives Markdown-escaped
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -161,7 +162,7 @@ def test_explore_default_test_image_renders_every_view():
 
 
 def _upload(at: AppTest, name: str, raw: bytes) -> AppTest:
-    at.segmented_control(key="explore_source").set_value("Upload").run()
+    at.pills(key="explore_source").set_value("Upload").run()
     at.file_uploader(key="explore_upload").set_value((name, raw, "application/octet-stream")).run()
     return at
 
@@ -227,7 +228,7 @@ def test_explore_controls_change_views_without_errors():
 
 def test_explore_draw_source_paints_an_image():
     at = app("pages/explore.py")
-    at.segmented_control(key="explore_source").set_value("Draw").run()
+    at.pills(key="explore_source").set_value("Draw").run()
     assert not at.exception
     at.session_state["explore_ink_32"] = set(range(32 * 10, 32 * 14))  # a horizontal bar, as if lassoed
     at.run()

@@ -12,15 +12,23 @@ from PIL import Image
 
 from cnnviz import checkpoint, images, models
 from cnnviz.data import DatasetError, DatasetInfo
+from cnnviz.text import md
 from cnnviz.ui import links, state
 
 
 def model_summary(sm: state.SessionModel) -> str:
+    """One line of Markdown about the session's model, every figure read from the model itself."""
     ck = sm.ckpt
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in ck.model.modules())
     acc = ck.metrics.get("test_accuracy")
-    acc_text = f"{acc:.1%} test accuracy" if acc is not None else "accuracy not measured"
-    return (f"**{ck.info.title}** · {convs} conv layers · {models.count_params(ck.model):,} parameters · "
+    if acc is None:
+        acc_text = "accuracy not measured"
+    elif getattr(ck, "metrics_from_file", False):  # TODO(lead): plain attribute once checkpoint has it
+         # the test set was not at hand to measure it again: say whose number it is
+        acc_text = f"{acc:.1%} test accuracy (as reported by the file, not measured here)"
+    else:
+        acc_text = f"{acc:.1%} test accuracy"
+    return (f"**{md(ck.info.title)}** · {convs} conv layers · {models.count_params(ck.model):,} parameters · "
             f"{acc_text}")
 
 
@@ -51,7 +59,7 @@ def sidebar() -> None:
     with st.sidebar:
         st.markdown("#### Current model")
         st.markdown(model_summary(sm))
-        st.caption(f"Source: {sm.source}")
+        st.caption(f"Source: {md(sm.source)}")
         job = st.session_state.get("job")
         if job is not None:
             snap = job.snapshot()
@@ -71,8 +79,9 @@ def adopt_finished(snap) -> bool:
 
 def model_loader(key: str = "upload_model") -> None:
     """Upload a saved model; a bad file gets a clear message and the current model stays."""
-    up = st.file_uploader("Load a saved model (.pt)", type=None, key=key,
-                          help="A file saved from this app's Train page or by `cnnviz train --out`.")
+    up = st.file_uploader("Load a saved model (.pt)", type=["pt"], key=key,
+                          help=f"A file saved from this app's Train page or by `cnnviz train --out` (at most "
+                               f"{getattr(checkpoint, 'MAX_BYTES', 20 * 2**20) // 2**20} MB).")
     if up is None:
         st.session_state.pop(f"{key}_done", None)  # the same file may be loaded again later
         return
@@ -83,11 +92,14 @@ def model_loader(key: str = "upload_model") -> None:
     try:
         ck = checkpoint.load(raw)
     except checkpoint.CheckpointError as e:
-        st.error(f"{e} Your current model is unchanged.", icon=":material/error:")
+        # The reason may quote the file's own contents: shown as text, never as Markdown.
+        st.error(f"{md(e)} Your current model is unchanged.", icon=":material/error:")
         return
+    with st.spinner("Measuring the model on the test set…"):
+        state.remeasure(ck)
     st.session_state[f"{key}_done"] = digest
     state.set_current(ck, f"uploaded: {up.name}")
-    st.toast(f"Loaded {up.name}: a {ck.info.title} model.", icon=":material/check_circle:")
+    st.toast(f"Loaded {md(up.name)}: a {md(ck.info.title)} model.", icon=":material/check_circle:")
     st.rerun()  # redraw the sidebar, the model card and the Save button with the new model
 
 
@@ -125,14 +137,14 @@ def image_picker(info: DatasetInfo, key: str = "img") -> PickedImage | None:
     links.valid(f"{key}_class", ["any"] + list(info.class_names))
     # The source a user chose last stays chosen when they come back from another page.
     st.session_state.setdefault(f"{key}_source", st.session_state.get(f"{key}_source_kept", "Test set"))
-    source = st.segmented_control("Image source", ["Test set", "Upload", "Draw", "Camera"], key=f"{key}_source")
+    # Pills wrap onto a second line in a narrow column (a projector's 1024 px); a segmented control is clipped.
+    source = st.pills("Image source", ["Test set", "Upload", "Draw", "Camera"], key=f"{key}_source")
     source = source or "Test set"
     st.session_state[f"{key}_source_kept"] = source
     picked: PickedImage | None = None
     if source == "Test set":
-        cols = st.columns([2, 1], vertical_alignment="bottom")
-        wanted = cols[0].selectbox("Class", ["any"] + list(info.class_names), key=f"{key}_class")
-        if cols[1].button("Another one", icon=":material/shuffle:", key=f"{key}_shuffle"):
+        wanted = st.selectbox("Class", ["any"] + list(info.class_names), key=f"{key}_class")
+        if st.button("Another one", icon=":material/shuffle:", key=f"{key}_shuffle"):
             st.session_state[f"{key}_seed"] = st.session_state.get(f"{key}_seed", 0) + 1
         seed = st.session_state.setdefault(f"{key}_seed", 0)
         links.publish([f"{key}_class", f"{key}_seed"])
@@ -171,7 +183,7 @@ def _checked(data: bytes, label: str) -> PickedImage | None:
     try:
         images.load(data)
     except images.ImageError as e:
-        st.error(f"{e} The last good image is still shown below.", icon=":material/broken_image:")
+        st.error(f"{md(e)} The last good image is still shown below.", icon=":material/broken_image:")
         return None
     return _picked(data, label)
 
