@@ -9,6 +9,12 @@ import socket
 import pytest
 import torch
 
+# The served app hides error details from students (.streamlit/config.toml, which AppTest reads too); tests want
+# every exception raised, so app.py re-raises instead of showing its friendly message.
+import streamlit  # noqa: E402
+
+streamlit.config.set_option("client.showErrorDetails", "full")
+
 # One thread: with the other core busy (a browser, a server), two OpenMP threads make small ops far slower.
 torch.set_num_threads(1)
 

@@ -23,8 +23,7 @@ def model_summary(sm: state.SessionModel) -> str:
     acc = ck.metrics.get("test_accuracy")
     if acc is None:
         acc_text = "accuracy not measured"
-    elif getattr(ck, "metrics_from_file", False):  # TODO(lead): plain attribute once checkpoint has it
-         # the test set was not at hand to measure it again: say whose number it is
+    elif ck.metrics_from_file:  # the test set was not at hand to measure it again: say whose number it is
         acc_text = f"{acc:.1%} test accuracy (as reported by the file, not measured here)"
     else:
         acc_text = f"{acc:.1%} test accuracy"
@@ -81,7 +80,7 @@ def model_loader(key: str = "upload_model") -> None:
     """Upload a saved model; a bad file gets a clear message and the current model stays."""
     up = st.file_uploader("Load a saved model (.pt)", type=["pt"], key=key,
                           help=f"A file saved from this app's Train page or by `cnnviz train --out` (at most "
-                               f"{getattr(checkpoint, 'MAX_BYTES', 20 * 2**20) // 2**20} MB).")
+                               f"{checkpoint.MAX_BYTES // checkpoint.MB} MB).")
     if up is None:
         st.session_state.pop(f"{key}_done", None)  # the same file may be loaded again later
         return
