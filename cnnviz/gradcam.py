@@ -67,7 +67,8 @@ def _channel_weighted(weights: Callable[[Tensor, Tensor], Tensor]) -> Callable[[
 def _hirescam(activations: Tensor, gradients: Tensor) -> Tensor:
     """HiResCAM (h, w): sum_k dy^c/dA^k * A^k, cell by cell (Draelos & Carin 2020, "Use HiResCAM instead of
     Grad-CAM for faithful explanations"). Without Grad-CAM's spatial averaging of the gradient, it shows the cells
-    the score really depends on, which matters for models that end in flatten + linear (like ours)."""
+    the score really depends on; where the gradient is the same at every cell of a channel (maps that reach the
+    classifier through a global average pool, see :func:`global_average_pooled`) it equals Grad-CAM."""
     return (gradients * activations).sum(dim=0)
 
 
@@ -119,6 +120,52 @@ def default_layer(model: nn.Module) -> str:
         if kind == "activation":
             chosen = prefix + name
     return chosen
+
+
+# Layers that change each channel by one affine map in eval mode, the same at every cell: between a layer and a
+# global average pool they keep dy/dA the same at every cell of a channel. Dropout is the identity in eval mode.
+_PER_CHANNEL_AFFINE = (nn.BatchNorm2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                       nn.Identity)
+
+
+def global_average_pooled(model: nn.Module, layer: str) -> bool | None:
+    """Whether ``layer``'s maps (N, C, h, w) reach the rest of ``model`` only through a global average pool, after
+    nothing but per-channel affine layers (BatchNorm in eval mode, dropout).
+
+    Then dy^c/dA^k is the same at every cell of channel k, for every image, so HiResCAM's map equals Grad-CAM's
+    (Draelos & Carin 2020): the CAM architecture (Zhou et al. 2016) and our "gap" preset. With a flatten
+    and a dense layer instead (the "tiny" preset) the gradient differs from cell to cell and so can the maps.
+    ``None`` when the model is not a chain of layers (an ``nn.Sequential``, nested ones followed) or the layer is
+    called more than once: what follows a layer cannot be read from the structure then.
+    """
+    probe.get_module(model, layer)  # an unknown name raises, listing the valid ones
+    path, call = probe.split_name(layer)
+    chain = _chain(model) if isinstance(model, nn.Sequential) else []
+    names = [name for name, _ in chain]
+    if path not in names or call != 1:
+        return None
+    start = names.index(path)
+    for i, (_, module) in enumerate(chain[start:]):
+        if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
+            return True  # also for the pool itself: its maps are one cell per channel
+        if i == 0:
+            continue
+        if isinstance(module, nn.AvgPool2d):
+            return None  # global or not depends on the size of the maps, which the structure does not say
+        if not isinstance(module, _PER_CHANNEL_AFFINE):
+            return False
+    return False
+
+
+def _chain(model: nn.Sequential, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """The layers of a Sequential in execution order, named by module path, nested Sequentials followed."""
+    found = []
+    for name, module in model.named_children():
+        if isinstance(module, nn.Sequential):
+            found += _chain(module, f"{prefix}{name}.")
+        else:
+            found.append((prefix + name, module))
+    return found
 
 
 def compute(
@@ -264,6 +311,15 @@ def hits(peak: Tensor, masks: Tensor, tolerance: int = 0) -> PointingResult:
         grown = F.max_pool2d(grown[:, None], 2 * tolerance + 1, stride=1, padding=tolerance)[:, 0]
     on_object = grown.flatten(1).gather(1, peak[:, None])[:, 0] > 0
     return PointingResult(int(on_object.sum()), len(peak))
+
+
+def centre_hits(masks: Tensor, tolerance: int = 0) -> PointingResult:
+    """The pointing game's baseline: a pointer that always picks the centre pixel ``(H // 2, W // 2)``, scored
+    against bool ``masks`` (N, H, W) as :func:`hits` scores a heatmap's peak."""
+    if masks.ndim != 3:
+        raise ValueError(f"expected masks (N, H, W), got {tuple(masks.shape)}")
+    n, h, w = masks.shape
+    return hits(torch.full((n,), (h // 2) * w + w // 2, dtype=torch.long), masks, tolerance)
 
 
 def pointing_game(model: nn.Module, x: Tensor, masks: Tensor, targets: Tensor | None = None, *,

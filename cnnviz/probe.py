@@ -115,6 +115,19 @@ def filters(model: nn.Module) -> dict[str, Tensor]:
     }
 
 
+def filter_drift(frames: list[tuple[int, Tensor]]) -> Tensor:
+    """How far each filter has moved from where it started: ``||w_t - w_0|| / ||w_0||`` for every frame ``t`` and
+    filter, ``(T, out_channels)``, from one layer's ``(step, weight (out_channels, in_channels, kh, kw))`` frames."""
+    if not frames:
+        raise ValueError("expected at least one (step, weight) frame, got none")
+    shapes = {tuple(w.shape) for _, w in frames}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 4:
+        raise ValueError(f"expected frames of one (out, in, kh, kw) shape, got {sorted(shapes)}")
+    weights = torch.stack([w.detach().float().flatten(1) for _, w in frames])  # (T, out, in*kh*kw)
+    start = weights[0].norm(dim=1).clamp(min=torch.finfo(torch.float32).tiny)  # (out,)
+    return (weights - weights[0]).norm(dim=2) / start
+
+
 def device_of(model: nn.Module) -> torch.device:
     """Where the model's parameters (or buffers) live; CPU for a model with neither."""
     for tensor in (*model.parameters(), *model.buffers()):

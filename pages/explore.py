@@ -4,7 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from cnnviz import charts, explain, figures, gradcam, images, probe
-from cnnviz.ui import cache, links, state, widgets
+from cnnviz.text import md, mpl
+from cnnviz.ui import cache, links, state, views, widgets
 from cnnviz.ui.cache import figure_png
 
 st.title("Explore an image")
@@ -18,7 +19,8 @@ links.valid("explore_resize", list(images.RESIZE_POLICIES))
 links.valid("explore_invert", ["auto", "on", "off"])
 
 # --- pick -------------------------------------------------------------------------------------------------------
-pick_col, prep_col = st.columns([1, 2], gap="large")
+# The image-source pills do not wrap: at 1024 px (a projector, sidebar open) a third of the page clips "Camera".
+pick_col, prep_col = st.columns([1, 1], gap="medium")
 with pick_col:
     picked = widgets.image_picker(info, key="explore")
     with st.expander("Preprocessing options", icon=":material/settings:"):
@@ -44,9 +46,9 @@ with prep_col:
     top = ins.top(info, k=5)
     st.plotly_chart(charts.topk_bars(ins.probs, info.class_names, k=5), key="explore_topk",
                     width="stretch")
-    st.markdown(explain.prediction(top))
+    st.markdown(explain.prediction(top, info.class_names))
 
-st.caption(f"Image: {picked.label}.")
+st.caption(f"Image: {md(picked.label)}.")
 tab_f, tab_m, tab_p, tab_g = st.tabs(["Filters", "Feature maps", "Pooling", "Grad-CAM"])
 
 
@@ -90,7 +92,7 @@ with tab_m:
                              key="explore_map_layer")
     rec = ins.records[layer]
     maps = rec.output[0]
-    what(explain.feature_maps(rec, map_layers.index(layer) + 1, len(map_layers)))
+    what(explain.feature_maps(rec, views.windows(sm).get(layer), info.size))
     links.valid("explore_channel", list(range(maps.shape[0])))
     channel = st.number_input("Look closer at channel #", 0, maps.shape[0] - 1, key="explore_channel")
     c1, c2 = st.columns([2, 1])
@@ -131,11 +133,12 @@ with tab_g:
     links.valid("explore_cam_method", list(gradcam.METHODS))
     links.valid("explore_cam_class", [-1, *range(info.num_classes)])
     st.session_state.setdefault("explore_cam_layer", gradcam.default_layer(model))
+    # The help speaks of the layer chosen now (its widget comes after this one; its value is already set).
+    pooled = gradcam.global_average_pooled(model, st.session_state.explore_cam_layer)
+    hires = explain.hirescam_help(st.session_state.explore_cam_layer, pooled)
     c = st.columns(4)
-    method = c[0].radio("Method", list(gradcam.METHODS), key="explore_cam_method",
-                        format_func=METHOD_NAMES.get,
-                        help="Grad-CAM is the classic. HiResCAM is more faithful for models that end in a flatten "
-                             "and a linear layer (like ours). Saliency looks at single input pixels.")
+    method = c[0].radio("Method", list(gradcam.METHODS), key="explore_cam_method", format_func=METHOD_NAMES.get,
+                        help=f"Grad-CAM is the classic. {hires} Saliency looks at single input pixels.")
     layer = c[1].selectbox("Layer", cam_layers, key="explore_cam_layer", disabled=method == "saliency")
     predicted = int(ins.probs.argmax())
     choice = c[2].selectbox("Class", [-1, *range(info.num_classes)], key="explore_cam_class",
@@ -144,11 +147,11 @@ with tab_g:
     st.session_state.setdefault("explore_cam_alpha", 0.5)
     alpha = c[3].slider("Opacity", 0.0, 1.0, step=0.05, key="explore_cam_alpha")
     res = cache.cam(model, sm.model_id, ins.x, picked.key + resize + invert_choice, layer, target, method)
-    what(explain.gradcam(method, layer, info.class_names[target], res.score))
+    what(explain.gradcam(method, layer, info.class_names[target], res.score, pooled))
     c1, c2 = st.columns([3, 2])
     with c1:
         show(figure_png(key + ("cam", layer, target, method, alpha), lambda: figures.overlay(
-            ins.prepared.display, res.heatmap, alpha=alpha, title=f"Why '{info.class_names[target]}'?")),
+            ins.prepared.display, res.heatmap, alpha=alpha, title=f"Why '{mpl(info.class_names[target])}'?")),
              "gradcam", "dl_cam")
     with c2:
         st.markdown("**Why one class and not another?**")
@@ -160,7 +163,7 @@ with tab_g:
         cols = st.columns(2)
         for col, r, cls in ((cols[0], res, target), (cols[1], res_b, other)):
             col.image(figures.overlay_image(ins.prepared.display, r.heatmap, alpha).resize((160, 160), 0),
-                      width="stretch", caption=f"'{info.class_names[cls]}' (score {r.score:.2f})")
+                      width="stretch", caption=f"'{md(info.class_names[cls])}' (score {r.score:.2f})")
         st.caption("The score is the network's raw vote for a class before the softmax: the highest score wins. "
                    "Each heatmap is stretched to its own maximum, so the scores, not the colours, say which class "
                    "had more evidence; the heatmaps say where each class found it.")

@@ -6,9 +6,10 @@ from cnnviz import receptive
 from cnnviz.ui import links, state, views
 
 st.title("What each layer learns")
-st.markdown("Early layers of a CNN respond to simple things — edges, spots, colours. Each later layer combines the "
-            "maps of the one before, so it sees a bigger part of the image and can respond to textures, parts and "
-            "whole objects. This page shows that on **your** model.")
+st.markdown("Each layer of a CNN combines the maps of the one before, so one cell of a later layer sees a bigger part "
+            "of the image. This page measures that on **your** model and shows what its channels respond to: the "
+            "test images that excite them most, and inputs made to excite them. What they detect is for you to "
+            "judge from the pictures.")
 sm = state.current()
 model, info = sm.ckpt.model, sm.ckpt.info
 presenter = st.session_state.get("presenter", False)

@@ -2,12 +2,13 @@
 
 import streamlit as st
 
+from cnnviz.text import md
 from cnnviz.ui import state, widgets
 
 st.title("cnnviz: see what a convolutional network sees")
 st.markdown(
-    "A **convolutional neural network** (CNN) learns to recognise pictures by stacking small filters: the first "
-    "layers find edges and colours, later layers combine them into textures, parts and whole objects. "
+    "A **convolutional neural network** (CNN) learns to recognise pictures by stacking layers of small filters: "
+    "each layer combines the maps of the one before, so a later layer sees a bigger part of the image. "
     "Here you can **train** one yourself and watch it learn, then **explore** it on any image — its filters, "
     "feature maps, pooling and where it looks — and **learn** how each piece works, step by step."
 )
@@ -33,4 +34,4 @@ if sm.model_id.startswith("shipped-"):
     st.caption("No model of your own yet: this is the small model that ships with cnnviz, trained on the built-in "
                "shapes dataset, so every page works right away. Train your own on the Train page.")
 else:
-    st.caption(f"Source: {sm.source}.")
+    st.caption(f"Source: {md(sm.source)}.")

@@ -325,3 +325,49 @@ def test_shipped_model_points_at_the_object():
     assert gradcam.pointing_game(shipped.model, x, split.masks).rate >= 0.9
     untrained = models.build(shipped.spec, seed=0).eval()
     assert gradcam.pointing_game(untrained, x, split.masks).rate < 0.5
+
+
+def test_hirescam_equals_gradcam_exactly_where_the_head_is_a_global_average_pool():
+    """Draelos & Carin 2020: with a global average pool right after the layer, dy/dA is the same at every cell, so
+    HiResCAM's map is Grad-CAM's. Measured on a real shapes image: the shipped "gap" model and the "tiny" preset."""
+    import cnnviz
+    from cnnviz import data, models
+    from cnnviz.ui.state import SHIPPED_MODEL
+
+    shipped = cnnviz.load_checkpoint(SHIPPED_MODEL).model
+    split = data.load("shapes", train=False).subset(4, seed=1)
+    x = data.normalize(split.x[:1], split.info)
+
+    def difference(model: nn.Module, layer: str) -> float:
+        grad, hires = (gradcam.compute(model, x, layer=layer, target=0, method=m).raw for m in ("gradcam", "hirescam"))
+        return float((grad - hires).abs().max() / grad.abs().max().clamp(min=1e-12))
+
+    # relu4 → drop4 → gap: the same map up to rounding; gap's own 1×1 maps trivially so.
+    assert gradcam.global_average_pooled(shipped, "relu4") is True and difference(shipped, "relu4") < 1e-5
+    assert gradcam.global_average_pooled(shipped, "drop4") is True and gradcam.global_average_pooled(shipped, "gap")
+    # conv4 → bn4 → relu4 → …: the ReLU gives each cell its own gradient.
+    assert gradcam.global_average_pooled(shipped, "conv4") is False and difference(shipped, "conv4") > 0.01
+    assert gradcam.global_average_pooled(shipped, "relu3") is False and difference(shipped, "relu3") > 0.01
+    tiny = models.build(models.preset("tiny", 3, 32, 8), seed=0).eval()  # relu2 → pool2 → flatten → fc1
+    assert gradcam.global_average_pooled(tiny, "relu2") is False and difference(tiny, "relu2") > 0.01
+
+
+def test_global_average_pooled_says_none_where_the_structure_does_not_tell():
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None)  # not a chain: forward() is code
+    assert gradcam.global_average_pooled(resnet, "layer4.1.conv2") is None
+    avg = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(2, 2))  # global only for 2×2
+    assert gradcam.global_average_pooled(avg, "0") is None
+    with pytest.raises(KeyError, match="valid layer names: 0, 1, 2, 3"):
+        gradcam.global_average_pooled(avg, "conv9")
+
+
+def test_centre_baseline_scores_the_centre_pixel_by_hand():
+    masks = torch.zeros(3, 5, 4, dtype=torch.bool)  # centre pixel (5 // 2, 4 // 2) = (2, 2)
+    masks[0, 2, 2] = True  # on the centre
+    masks[1, 2, 3] = True  # one pixel to its right
+    masks[2, 0, 0] = True  # in a corner
+    assert gradcam.centre_hits(masks).hits == 1 and gradcam.centre_hits(masks).total == 3
+    assert gradcam.centre_hits(masks, tolerance=1).hits == 2
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        gradcam.centre_hits(torch.zeros(5, 4, dtype=torch.bool))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cnnviz import lessons
+from cnnviz import gradcam, lessons, probe
 from test_pages import app, texts
 
 
@@ -36,8 +36,17 @@ def test_hierarchy_page_shows_every_section():
     assert not at.exception, [e.value for e in at.exception]
     body = texts(at)
     assert "One cell of **conv4** sees a 16×16 pixel window" in body
-    assert "activation maximisation" in body and "windows grow" in body
+    assert "activation maximisation" in body and "The windows grow from 3×3 pixels at relu1" in body
+    assert "the window of conv4 is at least as big as an average object" in body  # shapes: ~15 px across
+    for claim in ("edge, colour and spot detectors", "then textures, then parts", "Early layers give colours"):
+        assert claim not in body  # claims never measured on the model are gone
     assert len(at.image) >= 5
+    # The replay says how far training moved the filters, measured from the model's own frames.
+    frames = at.session_state.model.ckpt.filter_frames
+    drift = probe.filter_drift(frames)
+    assert f"After {frames[-1][0]} steps they are on average {drift[-1].mean():.0%} of their starting size" in body
+    at.slider(key="hier_frame").set_value(0).run()
+    assert "At step 0 the filters hold the random numbers they started from." in texts(at)
     at.select_slider(key="hier_layer").set_value("relu2").run()
     assert not at.exception and "relu2" in texts(at)
 
@@ -51,6 +60,8 @@ def test_every_lesson_step_renders(lesson):
         assert not at.exception, (step.title, [e.value for e in at.exception])
         assert at.title[0].value == step.title
         assert at.query_params["lesson"] == lesson.id and at.query_params["step"] == str(i)
+        if step.params.get("wrong"):  # the scores of the classes not picked, measured against the predicted one
+            assert "below the predicted class" in texts(at)
         if i < len(lesson.steps) - 1:
             at.button(key="lesson_next").click().run()
     at.button(key="lesson_back").click().run()
@@ -69,8 +80,16 @@ def test_lesson_link_opens_that_step():
     assert not at.exception
     assert at.title[0].value == "How often does it point at the object?"
     assert any(m.value.startswith("### Over many test images") for m in at.markdown)  # presenter mode: large type
-    on_object = next(m for m in at.metric if m.label == "Heatmap peak on the object")
-    assert float(on_object.value.rstrip("%")) > 40  # far above chance: the object covers a fifth of the image
+    from cnnviz import data
+
+    metric = {m.label: m.value for m in at.metric}
+    model, centre = (float(metric[k].rstrip("%")) for k in ("Heatmap peak on the object", "Centre pixel on the object"))
+    # The baseline is measured on the same 200 images and masks: always pointing at the centre pixel.
+    masks = data.load(at.session_state.model.ckpt.info.name, train=False).masks[:200]
+    assert centre == round(gradcam.centre_hits(masks).rate * 100) and 50 < centre < 80  # shapes: objects near the middle
+    gain = int(metric["Gain over the centre"].split()[0])
+    assert model > centre + 10 and abs(gain - (model - centre)) <= 1  # the rates are rounded on screen
+    assert f"{gain} percentage points better than the centre" in texts(at)
 
 
 def test_explore_link_restores_the_view_and_ignores_nonsense():

@@ -184,6 +184,9 @@ def test_explore_uploads_in_many_formats(name, raw):
     at = _upload(app("pages/explore.py"), name, raw)
     _views_rendered(at)
     assert f"your upload {name}" in texts(at)
+    # A picture unlike the training data still gets one of the model's classes: the page says which it knows.
+    names = at.session_state.model.ckpt.info.class_names
+    assert f"It knows only its {len(names)} classes ({', '.join(names[:-1])} and {names[-1]})" in texts(at)
 
 
 @pytest.mark.parametrize("raw, words", [
@@ -224,6 +227,55 @@ def test_explore_controls_change_views_without_errors():
     at.radio(key="explore_resize").set_value("pad").run()
     _views_rendered(at)
     assert "32 maps of 16×16" in texts(at)
+
+
+def test_explore_cam_controls_change_the_map_as_they_should(monkeypatch):
+    """Class, layer and method each give the map they name: the page's own CamResult equals one computed here."""
+    import torch
+
+    from cnnviz import gradcam, images
+    from cnnviz.inspection import inspect
+    from cnnviz.ui import cache
+
+    shown = []  # every CamResult the page asked for, in order: per run the main map, then the comparison's
+    real = cache.cam
+    monkeypatch.setattr(cache, "cam", lambda *a, **k: shown.append(real(*a, **k)) or shown[-1])
+    at = app("pages/explore.py")
+    model, info = at.session_state.model.ckpt.model, at.session_state.model.ckpt.info
+    x = inspect(model, info, images.load(at.session_state["explore_last"].data)).x
+
+    def main_map() -> gradcam.CamResult:
+        assert not at.exception, [e.value for e in at.exception]
+        return shown[-2]
+
+    first = main_map()
+    predicted = int(model(x).argmax())
+    assert (first.layer, first.target, first.method) == (gradcam.default_layer(model), predicted, "gradcam")
+    other = (predicted + 1) % info.num_classes
+    at.selectbox(key="explore_cam_class").set_value(other).run()
+    by_class = main_map()
+    assert by_class.target == other and (by_class.heatmap - first.heatmap).abs().max() > 0.1
+    torch.testing.assert_close(by_class.heatmap, gradcam.compute(model, x, "relu4", other).heatmap)
+
+    at.selectbox(key="explore_cam_layer").set_value("relu3").run()
+    by_layer = main_map()
+    assert by_layer.layer == "relu3" and by_layer.raw.shape == (16, 16)
+    torch.testing.assert_close(by_layer.heatmap, gradcam.compute(model, x, "relu3", other).heatmap)
+    assert (by_layer.heatmap - by_class.heatmap).abs().max() > 0.1
+
+    # HiResCAM: another map at relu3, Grad-CAM's own at relu4 (global average pool), as the help says.
+    assert "can differ" in at.radio(key="explore_cam_method").help
+    at.radio(key="explore_cam_method").set_value("hirescam").run()
+    hires = main_map()
+    assert hires.method == "hirescam" and (hires.heatmap - by_layer.heatmap).abs().max() > 0.01
+    at.selectbox(key="explore_cam_layer").set_value("relu4").run()
+    assert "give the same map" in at.radio(key="explore_cam_method").help
+    torch.testing.assert_close(main_map().heatmap, by_class.heatmap, atol=1e-5, rtol=0)
+    for method in ("gradcam++", "saliency"):
+        at.radio(key="explore_cam_method").set_value(method).run()
+        result = main_map()
+        assert result.method == method and (result.heatmap - by_class.heatmap).abs().max() > 0.05
+    assert result.layer == "input"
 
 
 def test_explore_draw_source_paints_an_image():

@@ -207,3 +207,19 @@ def test_unknown_layer_error_lists_valid_names():
 def test_run_rejects_a_non_image_batch():
     with pytest.raises(ValueError, match=r"expected a \(N, C, H, W\) tensor, got \(3, 8, 8\)"):
         probe.run(nn.Identity(), torch.zeros(3, 8, 8))
+
+
+def test_filter_drift_known_answers():
+    from cnnviz.probe import filter_drift
+
+    w0 = torch.ones(3, 1, 2, 2)  # each filter's norm is 2
+    w1 = w0.clone()
+    w1[0] *= 2  # moved by its own size: 100 %
+    w1[1, 0, 0, 0] = 0.0  # one weight from 1 to 0: |1| / 2 = 50 %
+    drift = filter_drift([(0, w0), (10, w1)])
+    assert drift.shape == (2, 3)
+    torch.testing.assert_close(drift, torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.5, 0.0]]))
+    with pytest.raises(ValueError, match="at least one"):
+        filter_drift([])
+    with pytest.raises(ValueError, match="one \\(out, in, kh, kw\\) shape"):
+        filter_drift([(0, w0), (1, torch.ones(3, 1, 3, 3))])

@@ -7,6 +7,7 @@ import torch
 
 from cnnviz import data, explain, figures, gradcam, maximize, probe, receptive
 from cnnviz.data import DatasetError, Split
+from cnnviz.text import md
 from cnnviz.ui import cache, state
 from cnnviz.ui.cache import figure_png
 from cnnviz.ui.state import SessionModel
@@ -29,6 +30,15 @@ def _layer(sm: SessionModel, wanted: str | None, kinds: tuple[str, ...]) -> str:
     return wanted if wanted in names else names[0]
 
 
+def windows(sm: SessionModel) -> dict[str, int]:
+    """The side of the input square one cell of each layer sees, by layer name; empty for a model whose receptive
+    fields cannot be read from its structure."""
+    try:
+        return {f.name: f.size for f in receptive.receptive_fields(sm.ckpt.model, sm.ckpt.info.size)}
+    except ValueError:
+        return {}
+
+
 def filters(sm: SessionModel) -> None:
     weights = probe.filters(sm.ckpt.model)
     name, w = next(iter(weights.items()))
@@ -47,7 +57,7 @@ def feature_maps(sm: SessionModel, split: Split, layer: str | None = None, index
             width="stretch")
     b.image(figure_png((sm.model_id, "lesson-maps", layer, index), lambda: figures.feature_grid(
         rec.output[0], title=f"{layer}: {explain.shape_words(tuple(rec.output.shape[1:]))}")), width="stretch")
-    st.caption(explain.feature_maps(rec, 1, 3))
+    st.caption(explain.feature_maps(rec, windows(sm).get(layer), info.size))
 
 
 def top_patches(sm: SessionModel, split: Split, layer: str | None = None, rows: int = 8) -> None:
@@ -88,7 +98,10 @@ def receptive_fields(sm: SessionModel, split: Split) -> None:
     st.image(figure_png((sm.model_id, "rf"), lambda: figures.image_with_boxes(
         figures.input_image(x, info), boxes, title="What one cell in the middle of each layer sees")),
         width="stretch")
-    st.caption(explain.receptive_field(fields[-1].name, fields[-1].size, fields[-1].jump, info.size))
+    # The mean side of the objects' bounding boxes, where the dataset has masks: the scale a layer must reach.
+    side = None if split.masks is None else float((split.masks.any(2).sum(1) + split.masks.any(1).sum(1)).float()
+                                                  .mean() / 2)
+    st.caption(explain.receptive_field(fields[-1].name, fields[-1].size, fields[-1].jump, info.size, side))
 
 
 def maximized(sm: SessionModel, layer: str | None = None, limit: int = 12, cols: int = 4) -> None:
@@ -110,9 +123,7 @@ def maximized(sm: SessionModel, layer: str | None = None, limit: int = 12, cols:
     st.image(figures.to_png(figures.sample_grid(imgs, [f"#{r.channel}" for r in results], cols=cols,
                                                 title=f"{layer}: inputs made to excite each channel")),
              width="stretch")
-    st.caption("Starting from noise, each picture was changed step by step to make one channel fire as strongly as "
-               "possible (activation maximisation, Erhan et al. 2009). Early layers give colours and edges; deeper "
-               "layers give bigger, more shape-like patterns.")
+    st.caption(explain.maximized(layer, windows(sm).get(layer), info.size))
 
 
 def overview(sm: SessionModel, split: Split) -> None:
@@ -127,8 +138,7 @@ def overview(sm: SessionModel, split: Split) -> None:
     st.image(figure_png((sm.model_id, "overview"), lambda: figures.patch_grid(
         rows, size=min(max(f.size for f in levels), info.size),
         title="Busiest channel of each layer: its top 6 patches (window size under the name)")), width="stretch")
-    st.caption("One row per layer, first layer at the top. The windows grow and the patterns get more complex as you "
-               "go down — edges and colours, then textures, then parts of shapes.")
+    st.caption(explain.overview([(f.name, f.size) for f in levels], info.size))
 
 
 def gradcam_grid(sm: SessionModel, split: Split, n: int = 6, wrong: bool = False) -> None:
@@ -136,32 +146,43 @@ def gradcam_grid(sm: SessionModel, split: Split, n: int = 6, wrong: bool = False
     model, info = sm.ckpt.model, sm.ckpt.info
     picks = [int((split.y == c).nonzero()[0]) for c in range(min(n, info.num_classes))]
     cols = st.columns(len(picks))
+    gaps = []
     for col, i in zip(cols, picks):
         x = data.normalize(split.x[i: i + 1], info)
         predicted = int(probe.predict(model, x).argmax())
         target = (predicted + 1) % info.num_classes if wrong else predicted
         res = cache.cam(model, sm.model_id, x, f"test-{i}", None, target, "gradcam")
+        if wrong:
+            gaps.append(cache.cam(model, sm.model_id, x, f"test-{i}", None, predicted, "gradcam").score - res.score)
         col.image(figures.overlay_image(figures.input_image(x, info), res.heatmap, 0.5), width="stretch",
-                  caption=f"'{info.class_names[target]}', score {res.score:.1f} "
-                          f"(true: {info.class_names[int(split.y[i])]})")
+                  caption=f"'{md(info.class_names[target])}', score {res.score:.1f} "
+                          f"(true: {md(info.class_names[int(split.y[i])])})")
+    if wrong:
+        st.caption(explain.wrong_class(gaps))
 
 
 @st.cache_data(max_entries=16, ttl=cache.TTL, show_spinner="Playing the pointing game on 200 test images…")
-def _pointing(_model, model_id: str, _split: Split, dataset: str, n: int) -> tuple[float, float]:
+def _pointing(_model, model_id: str, _split: Split, dataset: str, n: int
+              ) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Hit rates (strict, within 1 pixel) of the Grad-CAM peak and of the centre pixel, on the same images."""
+    masks = _split.masks[:n]
     found = gradcam.peaks(_model, data.normalize(_split.x[:n], _split.info))
-    return gradcam.hits(found, _split.masks[:n]).rate, gradcam.hits(found, _split.masks[:n], tolerance=1).rate
+    return ((gradcam.hits(found, masks).rate, gradcam.hits(found, masks, tolerance=1).rate),
+            (gradcam.centre_hits(masks).rate, gradcam.centre_hits(masks, tolerance=1).rate))
 
 
 def pointing(sm: SessionModel, split: Split, n: int = 200) -> None:
     if split.masks is None:
         st.info("This dataset has no object masks, so the pointing game needs the shapes dataset.")
         return
-    strict, loose = _pointing(sm.ckpt.model, sm.model_id, split, split.info.name, n)
-    c = st.columns(2)
-    c[0].metric("Heatmap peak on the object", f"{strict:.0%}", help=f"over the first {n} test images")
-    c[1].metric("…or within 1 pixel of it", f"{loose:.0%}")
-    st.caption("A random guess would land on the object about as often as the object's share of the image — a "
-               "fifth or less. Grad-CAM of a trained model does far better: it has learned to look at the shape.")
+    n = min(n, len(split))
+    model, centre = _pointing(sm.ckpt.model, sm.model_id, split, split.info.name, n)
+    c = st.columns(3)
+    c[0].metric("Heatmap peak on the object", f"{model[0]:.0%}", help=f"over the first {n} test images")
+    c[1].metric("Centre pixel on the object", f"{centre[0]:.0%}",
+                help="the same images and masks, always pointing at the middle of the image")
+    c[2].metric("Gain over the centre", f"{(model[0] - centre[0]) * 100:+.0f} points")
+    st.caption(explain.pointing(n, model, centre))
 
 
 def evolution(sm: SessionModel, key: str = "evolution_frame") -> None:
@@ -174,5 +195,4 @@ def evolution(sm: SessionModel, key: str = "evolution_frame") -> None:
     step, weights = frames[i]
     st.image(figure_png((sm.model_id, "evolution", i), lambda: figures.filter_grid(
         weights, title=f"First-layer filters after {step} training steps")), width="stretch")
-    st.caption("At step 0 the filters are random noise. Slide to the right: they turn into clean edge, colour and "
-               "spot detectors — nobody programmed them, they were learned from the images.")
+    st.caption(explain.evolution([s for s, _ in frames], probe.filter_drift(frames), i))
