@@ -11,7 +11,7 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import inference, report, training, webapp
+from benchmarks import classroom, inference, report, training, webapp
 from benchmarks.common import Options
 
 SECTIONS = {
@@ -23,6 +23,9 @@ SECTIONS = {
     "first-paint": webapp.first_paint,
     "explore": webapp.explore,
     "learn": inference.learn,
+    "memory": classroom.memory,
+    "classroom": classroom.classroom,
+    "load": classroom.load,
 }
 
 

@@ -31,6 +31,9 @@ FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
 RESIZE_POLICIES = ("squash", "crop", "pad")
 # Pillow's filters antialias when they shrink; bilinear is torchvision's default too.
 RESAMPLE = Image.Resampling.BILINEAR
+# The "Original" step is only shown, in a strip a few hundred pixels wide: keeping a 12-megapixel upload at full size
+# would cost ~48 MB per cached inspection for nothing.
+SHOWN_MAX = 512
 
 NOT_AN_IMAGE = "This file is not an image (or not a format we can read: PNG, JPEG, GIF, BMP, TIFF, WebP)."
 DAMAGED = "This image could not be read: the file looks damaged or incomplete."
@@ -107,7 +110,8 @@ def prepare(
     """Turn an image from :func:`load` into the model input ``(1, C, S, S)`` for ``dataset``, keeping every step.
 
     ``resize``: ``"squash"`` stretches to a square, ``"crop"`` keeps the centre square, ``"pad"`` fits the whole
-    image and fills the sides with its border colour. ``invert=None`` inverts only for datasets of light strokes on
+    image and fills the sides with its border colour. The first step keeps the original at most :data:`SHOWN_MAX`
+    pixels a side (its title gives the original size); the tensor is made from the full image. ``invert=None`` inverts only for datasets of light strokes on
     a dark background (MNIST) and only when the image's border is light; ``True``/``False`` decide outright.
     """
     if image.mode not in ("L", "RGB"):
@@ -115,7 +119,7 @@ def prepare(
     if resize not in RESIZE_POLICIES:
         raise ValueError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {resize!r}")
     size = dataset.size
-    steps = [Step(f"Original ({image.width}×{image.height})", image)]
+    steps = [Step(f"Original ({image.width}×{image.height})", _shown(image))]
 
     if image.size != (size, size):
         image = _resize(image, size, resize)
@@ -193,6 +197,16 @@ def _stretch(im: Image.Image) -> Image.Image:
     scale = 255 / (hi - lo) if math.isfinite(hi - lo) and hi > lo else 0.0
     offset = -lo * scale if scale else 0.0
     return im.point(lambda v: v * scale + offset).convert("L")
+
+
+def _shown(image: Image.Image) -> Image.Image:
+    """``image`` itself if it fits in :data:`SHOWN_MAX`×:data:`SHOWN_MAX`, else a copy shrunk to fit, same aspect."""
+    if max(image.size) <= SHOWN_MAX:
+        return image
+    scale = SHOWN_MAX / max(image.size)
+    # A very thin image (1×2000) must keep at least one pixel across, as in _resize. This copy is only looked at, so
+    # Pillow may first shrink by whole factors (reducing_gap): three times faster on a 12-megapixel photo.
+    return image.resize(tuple(max(1, round(side * scale)) for side in image.size), RESAMPLE, reducing_gap=2.0)
 
 
 def _resize(image: Image.Image, size: int, policy: str) -> Image.Image:

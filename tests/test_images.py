@@ -454,3 +454,22 @@ def test_load_then_prepare_with_a_real_dataset_info():
     image = images.load(encode(digit_like(0, 255), "JPEG"))
     prepared = images.prepare(image, data.info("mnist"))
     assert prepared.inverted and prepared.tensor.shape == (1, 1, 28, 28)
+
+
+def test_the_original_step_is_kept_only_as_large_as_it_is_shown():
+    # 4000×3000 is a 12-megapixel phone photo: left half red, right half blue.
+    image = two_colours(4000, 3000)
+    prepared = images.prepare(image, RGB32)
+    original = prepared.steps[0]
+    assert original.title == "Original (4000×3000)"  # the title still says what was uploaded
+    assert original.image.size == (512, 384) and original.image.mode == "RGB"
+    assert close(original.image.getpixel((10, 200)), (220, 20, 20), 2)
+    assert close(original.image.getpixel((500, 200)), (20, 20, 220), 2)
+    # The model input is made from the full image, not from the shown copy: same tensor as a direct resize.
+    direct = images.prepare(image.resize((32, 32), images.RESAMPLE), RGB32).tensor
+    assert torch.equal(prepared.tensor, direct)
+
+
+@pytest.mark.parametrize("size, shown", [((512, 100), (512, 100)), ((1, 3000), (1, 512)), ((3000, 600), (512, 102))])
+def test_the_original_step_fits_in_shown_max_without_losing_a_side(size, shown):
+    assert images.prepare(Image.new("L", size, 90), MNIST).steps[0].image.size == shown
