@@ -178,13 +178,23 @@ def _pick_test(info: DatasetInfo, wanted: str, seed: int) -> PickedImage | None:
 
 
 def _checked(data: bytes, label: str) -> PickedImage | None:
-    """The upload if it is a usable image; else one friendly message, and the last good image stays."""
-    try:
-        images.load(data)
-    except images.ImageError as e:
-        st.error(f"{md(e)} The last good image is still shown below.", icon=":material/broken_image:")
+    """The upload if it is a usable image; else one friendly message, and the last good image stays.
+
+    An upload stays in its widget across reruns; it is decoded (up to 40 megapixels) once, not on every slider move.
+    """
+    picked = _picked(data, label)
+    verdict = st.session_state.get("_checked_upload")  # (digest, error message or None) of the last upload
+    if verdict is None or verdict[0] != picked.key:
+        try:
+            images.load(data)
+            verdict = (picked.key, None)
+        except images.ImageError as e:
+            verdict = (picked.key, str(e))
+        st.session_state["_checked_upload"] = verdict
+    if verdict[1] is not None:
+        st.error(f"{md(verdict[1])} The last good image is still shown below.", icon=":material/broken_image:")
         return None
-    return _picked(data, label)
+    return picked
 
 
 def _drawing(info: DatasetInfo, key: str) -> PickedImage | None:
