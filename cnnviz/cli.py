@@ -8,21 +8,25 @@ import sys
 import time
 from pathlib import Path
 
-from cnnviz import data, models
+from cnnviz import data, models, train
 
 
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from cnnviz import checkpoint, train
+    from cnnviz import checkpoint
 
     start = time.perf_counter()
     try:
-        train_split = data.load(args.dataset, True, args.data_dir, seed=args.seed)
+        full_train = data.load(args.dataset, True, args.data_dir, seed=args.seed)
         test_split = data.load(args.dataset, False, args.data_dir, seed=args.seed)
     except data.DatasetError as e:
         print(f"cnnviz: {e}", file=sys.stderr)
         return 1
+    # Validate on training images held out from training; the test set is used once, at the end.
+    n_val = min(train.VAL_IMAGES, len(full_train) // 10)
+    train_split, val_split = data.holdout(full_train, None, n_val, args.seed) if n_val else (full_train, None)
+    del full_train
     info = train_split.info
     args.preset = args.preset or info.preset
     spec = models.preset(args.preset, info.channels, info.size, info.num_classes)
@@ -38,21 +42,25 @@ def _train(args: argparse.Namespace) -> int:
         if s.step % 10 == 0 or s.step == s.total_steps:
             bar.set_postfix(loss=f"{s.loss:.3f}", acc=f"{s.acc:.3f}", img_s=f"{s.images_per_s:.0f}")
 
-    history = train.fit(model, train_split, config, on_step=on_step)
+    history = train.fit(model, train_split, config, val=val_split, on_step=on_step)
     bar.close()
     ev = train.evaluate(model, test_split)
     total = time.perf_counter() - start
-    if history.status == "diverged":
-        print(f"cnnviz: training diverged: {history.reason}", file=sys.stderr)
+    failed = history.status in ("diverged", "stuck")
+    if failed:
+        print(f"cnnviz: training {'diverged' if history.status == 'diverged' else 'got stuck'}: {history.reason}",
+              file=sys.stderr)
     ckpt = checkpoint.Checkpoint(model, spec, info, history, {"test_accuracy": ev.accuracy,
                                                                "per_class": ev.per_class})
     if args.out:
         checkpoint.save(ckpt, args.out)
+    last_val = history.epochs[-1] if history.epochs else None
     result = {
         "dataset": args.dataset, "preset": args.preset, "epochs": epochs, "steps": len(history.steps),
-        "params": models.count_params(model), "test_accuracy": round(ev.accuracy, 4),
+        "params": models.count_params(model), "train_images": len(train_split), "val_images": history.val_images,
+        "val_accuracy": round(last_val["val_acc"], 4) if last_val else None, "test_accuracy": round(ev.accuracy, 4),
         "train_seconds": round(history.seconds, 2), "total_seconds": round(total, 2),
-        "images_per_s": round(history.images_per_s), "status": history.status,
+        "images_per_s": round(history.images_per_s), "status": history.status, "reason": history.reason,
         "checkpoint": str(args.out) if args.out else None,
     }
     if args.json:
@@ -60,7 +68,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         print(f"{args.dataset}/{args.preset}: test accuracy {ev.accuracy:.2%} after {history.seconds:.1f} s of "
               f"training ({history.images_per_s:.0f} images/s)" + (f"; saved to {args.out}" if args.out else ""))
-    return 0 if history.status != "diverged" else 1
+    return 1 if failed else 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -147,7 +155,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnnviz", description="Train a small CNN and see what it does.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model and report its test accuracy")
+    t = sub.add_parser("train", help="train a model and report its test accuracy", epilog=(
+        f"It validates on up to {train.VAL_IMAGES} training images held out from training, and measures the test "
+        f"set once, at the end. Exit status: 0 when training finished; 1 when the data could not be loaded, or when "
+        f"training diverged or got stuck at chance (the reason goes to stderr; the results and the model are still "
+        f"written); 2 for bad arguments."))
     t.add_argument("--dataset", required=True, choices=list(data.DATASETS))
     t.add_argument("--data-dir", type=Path, default=None,
                    help="where datasets live (default: $CNNVIZ_DATA_DIR or ~/.cache/cnnviz/data)")

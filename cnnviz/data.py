@@ -66,8 +66,47 @@ class Split:
         if n >= len(self):
             return self
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return self._take(idx)
+
+    def _take(self, idx: torch.Tensor) -> "Split":
         masks = self.masks[idx] if self.masks is not None else None
         return Split(self.info, self.x[idx], self.y[idx], masks)
+
+
+def holdout(split: Split, n_train: int | None, n_val: int, seed: int) -> tuple[Split, Split]:
+    """Two disjoint parts of a training split, ``(train, val)``: ``n_val`` images held out to validate on and
+    ``n_train`` to train on (``None``: every image not held out).
+
+    Validation data comes from the training data, never from the test set, which stays untouched until the end.
+    Both parts are stratified: each class keeps its share of the split (to an image or two), and the same seed draws
+    the same parts.
+    """
+    if not 1 <= n_val < len(split):
+        raise ValueError(f"the validation part must hold 1 to {len(split) - 1} images, got {n_val}")
+    free = len(split) - n_val
+    if n_train is None:
+        n_train = free
+    if not 1 <= n_train <= free:
+        raise ValueError(f"{len(split):,} images hold at most {free:,} training images beside {n_val:,} held out "
+                         f"for validation, got {n_train:,}")
+    order = _stratified_order(split.y, split.info.num_classes, seed)
+    return split._take(order[n_val: n_val + n_train]), split._take(order[:n_val])
+
+
+def _stratified_order(y: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+    """A seeded shuffle of ``range(len(y))``; each of its prefixes holds every class in proportion (to an image or
+    two)."""
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    labels = y[perm]
+    counts = torch.bincount(labels, minlength=num_classes)
+    # Each image's rank among the shuffled images of its class, as a fraction of that class: the i-th of 100 cats
+    # and the i-th of 50 dogs are placed so that both classes are spread evenly along the order.
+    by_class = torch.sort(labels, stable=True).indices
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(perm)
+    rank[by_class] = torch.arange(len(y)) - first[labels[by_class]]
+    position = (rank.double() + 0.5) / counts[labels].double()
+    return perm[torch.sort(position, stable=True).indices]
 
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))

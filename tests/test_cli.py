@@ -35,7 +35,8 @@ def test_train_shapes_json_and_checkpoint(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert {"dataset", "preset", "epochs", "params", "test_accuracy", "train_seconds"} <= result.keys()
+    assert {"dataset", "preset", "epochs", "params", "test_accuracy", "train_seconds", "status", "reason"} <= result.keys()
+    assert result["status"] == "finished" and result["val_images"] == 500 and result["train_images"] == 19_500
     assert result["dataset"] == "shapes" and result["test_accuracy"] > 0.85
     assert "step" in proc.stderr  # the progress bar
     assert checkpoint.load(out).dataset == "shapes"
@@ -101,3 +102,76 @@ def test_inspect_bad_checkpoint_and_layer(tmp_path, capsys):
     code = cli.main(["inspect", "--checkpoint", str(_shipped()), "--image", str(img), "--out", str(tmp_path / "o"),
                      "--layer", "nope"])
     assert code == 2 and "conv1" in capsys.readouterr().err
+
+
+def _small_shapes(monkeypatch, std: float | None = None) -> dict:
+    """Make ``data.load("shapes")`` quick (600 training and 200 test images); ``std=0`` makes every loss NaN."""
+    from dataclasses import replace
+
+    from cnnviz import data, shapes
+
+    splits = {}
+    for train_split, n in ((True, 600), (False, 200)):
+        x, y, masks = shapes.generate(n, seed=int(train_split))
+        info = data.info("shapes") if std is None else replace(data.info("shapes"), std=(std,) * 3)
+        splits[train_split] = data.Split(info, x, y, masks)
+    monkeypatch.setattr(data, "load", lambda name, train=True, data_dir=None, seed=0: splits[train])
+    return splits
+
+
+def test_train_validates_on_held_out_training_images_and_tests_once(monkeypatch, capsys):
+    from cnnviz import train
+
+    splits = _small_shapes(monkeypatch)
+    seen = {"fit": [], "evaluate": []}
+    real_fit, real_evaluate = train.fit, train.evaluate
+
+    def fit(model, tr, config, val=None, **kwargs):
+        seen["fit"].append((tr, val))
+        return real_fit(model, tr, config, val=val, **kwargs)
+
+    def evaluate(model, split, *args, **kwargs):
+        seen["evaluate"].append(split)
+        return real_evaluate(model, split, *args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", fit)
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    assert cli.main(["train", "--dataset", "shapes", "--preset", "tiny", "--batch-size", "16", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] == "finished" and result["reason"] == ""
+    images = {name: {bytes(x.numpy()) for x in split.x} for name, split in (("train", splits[True]),
+                                                                             ("test", splits[False]))}
+    (tr, val), = seen["fit"]
+    fit_train, fit_val = {bytes(x.numpy()) for x in tr.x}, {bytes(x.numpy()) for x in val.x}
+    assert len(fit_val) == 60 and len(fit_train) == 540  # a tenth of 600 held out: fewer than 500
+    assert fit_val <= images["train"] and fit_train <= images["train"] and not fit_val & fit_train
+    assert not fit_val & images["test"]
+    tested = [s for s in seen["evaluate"] if s is splits[False]]
+    assert len(tested) == 1 and result["test_accuracy"] > 0.2  # the test set: once, at the end
+    assert 1 <= len(seen["evaluate"]) - 1 <= train.VAL_EVALS and result["val_images"] == 60
+    assert result["train_images"] == 540 and 0 <= result["val_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("failure", ["diverged", "stuck"])
+def test_failed_training_says_why_and_exits_1(failure, monkeypatch, capsys, tmp_path):
+    import torch
+
+    from cnnviz import train
+
+    if failure == "diverged":  # a real NaN: data that cannot be normalised (std 0) gives a NaN loss at step 1
+        _small_shapes(monkeypatch, std=0.0)
+    else:  # a real run, judged by a test that calls any run stuck once it may judge (after the warm-up)
+        _small_shapes(monkeypatch)
+        for name, value in (("STUCK_AFTER", 1), ("STUCK_LOSS", float("inf")), ("STUCK_ACC", 1.0)):
+            monkeypatch.setattr(train, name, value)
+    out = tmp_path / "m.pt"
+    code = cli.main(["train", "--dataset", "shapes", "--preset", "tiny", "--batch-size", "8", "--json",
+                     "--out", str(out)])
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert code == 1 and result["status"] == failure and result["reason"]
+    assert result["steps"] == {"diverged": 0, "stuck": 75}[failure]  # stuck: judged after the warm-up (300 / 4)
+    assert f"training {'diverged' if failure == 'diverged' else 'got stuck'}: " in captured.err
+    assert result["reason"] in captured.err and "Traceback" not in captured.err
+    # The model is still written (read raw: a checkpoint whose data has std 0 is refused on loading, rightly).
+    assert torch.load(out, weights_only=True)["history"]["status"] == failure

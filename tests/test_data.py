@@ -5,6 +5,8 @@ import struct
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cnnviz import data
 
@@ -95,3 +97,66 @@ def test_normalize_known_values_and_inverse():
     z = data.normalize(x, info)
     assert torch.allclose(z, torch.full_like(z, (1 - 0.1307) / 0.3081))
     assert torch.allclose(data.denormalize(z, info), torch.ones_like(z))
+
+
+
+def _labelled(y: list[int], k: int) -> data.Split:
+    """A split of ``len(y)`` tiny images, each carrying its own index (see :func:`_ids`), with labels ``y``."""
+    n = len(y)
+    i = torch.arange(n)
+    x = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
+    x[:, 0, 0, 0], x[:, 0, 0, 1] = (i // 256).to(torch.uint8), (i % 256).to(torch.uint8)
+    masks = torch.zeros(n, 2, 2, dtype=torch.bool)
+    masks[:, 0, 0] = i % 2 == 1
+    ds_info = data.DatasetInfo("t", "t", tuple(str(c) for c in range(k)), 1, 2, (0.5,), (0.5,))
+    return data.Split(ds_info, x, torch.tensor(y, dtype=torch.int64), masks)
+
+
+def _ids(split: data.Split) -> list[int]:
+    """The original index of every image of a part of a :func:`_labelled` split."""
+    return (split.x[:, 0, 0, 0].long() * 256 + split.x[:, 0, 0, 1].long()).tolist()
+
+
+def test_holdout_known_sizes_disjoint_and_stratified():
+    # 200 images: 150 of class 0, 50 of class 1. A stratified holdout of 40 keeps the 3 : 1 share: 30 and 10.
+    split = _labelled([0] * 150 + [1] * 50, 2)
+    tr, val = data.holdout(split, 100, 40, seed=3)
+    assert (len(tr), len(val)) == (100, 40)
+    assert torch.bincount(val.y).tolist() == [30, 10] and torch.bincount(tr.y).tolist() == [75, 25]
+    assert len(set(_ids(tr))) == 100 and not set(_ids(tr)) & set(_ids(val))
+    # Every image keeps its own label and mask.
+    for part in (tr, val):
+        ids = torch.tensor(_ids(part))
+        assert torch.equal(part.y, split.y[ids]) and torch.equal(part.masks, split.masks[ids])
+
+
+def test_holdout_everything_not_held_out_and_deterministic():
+    split = _labelled([c % 3 for c in range(300)], 3)
+    tr, val = data.holdout(split, None, 50, seed=7)
+    assert len(tr) == 250 and len(val) == 50
+    assert sorted(_ids(tr) + _ids(val)) == list(range(300))  # together: the whole split, each image once
+    again_tr, again_val = data.holdout(split, None, 50, seed=7)
+    assert _ids(again_val) == _ids(val) and _ids(again_tr) == _ids(tr)
+    assert set(_ids(data.holdout(split, None, 50, seed=8)[1])) != set(_ids(val))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=2, max_size=400), st.data())
+def test_holdout_any_labels_keeps_class_shares(labels, draw):
+    split = _labelled(labels, 5)
+    n = len(labels)
+    n_val = draw.draw(st.integers(1, n - 1), label="n_val")
+    n_train = draw.draw(st.none() | st.integers(1, n - n_val), label="n_train")
+    tr, val = data.holdout(split, n_train, n_val, seed=draw.draw(st.integers(0, 2**31), label="seed"))
+    assert len(val) == n_val and len(tr) == (n_train or n - n_val)
+    assert not set(_ids(tr)) & set(_ids(val)) and len(set(_ids(tr))) == len(tr)
+    counts = torch.bincount(split.y, minlength=5).double()
+    share = n_val * counts / n  # what each class would hold in a perfectly stratified holdout
+    assert (torch.bincount(val.y, minlength=5).double() - share).abs().max() <= 1.5
+
+
+def test_holdout_refuses_impossible_sizes():
+    split = _labelled([0, 1] * 5, 2)
+    for n_train, n_val in ((None, 0), (None, 10), (5, 6), (0, 3)):
+        with pytest.raises(ValueError, match="images"):
+            data.holdout(split, n_train, n_val, seed=0)

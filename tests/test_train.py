@@ -1,9 +1,10 @@
+import math
 import threading
 
 import pytest
 import torch
 
-from cnnviz import models, train
+from cnnviz import data, models, train
 
 
 def test_model_learns_shapes(trained_shapes):
@@ -53,7 +54,7 @@ def test_history_callbacks_and_validation(shapes_small):
                   on_step=seen.append)
     assert [s.step for s in seen] == [1, 2, 3, 4] and seen[-1].total_steps == 4
     assert h.status == "finished" and len(h.steps) == 4
-    assert [e["step"] for e in h.epochs] == [2, 4] and 0 <= h.epochs[-1]["val_acc"] <= 1
+    assert [e["step"] for e in h.epochs] == [2, 4] and 0 <= h.epochs[-1]["val_acc"] <= 1 and h.val_images == 100
     assert h.images_per_s > 0 and seen[-1].eta == 0
 
 
@@ -128,3 +129,79 @@ def test_training_layout_does_not_leak_out_of_fit(shapes_small):
     with pytest.raises(RuntimeError, match="boom"):
         train.fit(model, tr, train.TrainConfig(max_steps=3, batch_size=32), on_step=fail)
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_overfitting_lesson_validates_a_bounded_number_of_times(shapes_small, monkeypatch):
+    """The 200-image lesson (30 epochs; an epoch every 2 steps, 300 steps) validated 150 times on 1,000 images."""
+    full, _ = shapes_small
+    tr, val = data.holdout(full, 200, 1000, seed=0)
+    evaluated = []
+    real = train.evaluate
+
+    def counting(model, split, *args, **kwargs):
+        evaluated.append(len(split))
+        return real(model, split, *args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", counting)
+    # A linear model: the schedule of validations does not depend on the architecture, and this one is quick.
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, tr.info.num_classes))
+    h = train.fit(model, tr, train.TrainConfig(epochs=30), val=val)
+    assert h.status == "finished" and len(h.steps) == 300
+    val_steps = [e["step"] for e in h.epochs]
+    assert len(evaluated) == len(val_steps) <= train.VAL_EVALS and val_steps[-1] == 300
+    assert all(b - a >= 300 / train.VAL_EVALS for a, b in zip([0] + val_steps[:-2], val_steps[:-1]))
+    assert all(s % 2 == 0 for s in val_steps)  # at epoch ends
+    assert set(evaluated) == {train.VAL_IMAGES} and h.val_images == train.VAL_IMAGES
+
+
+def test_history_from_an_older_checkpoint_still_loads():
+    old = dict(steps=[dict(step=1, epoch=0.5, loss=2.0, acc=0.1, lr=0.001)], epochs=[], status="finished",
+               reason="", seconds=1.0, images_per_s=10.0)  # saved before val_images existed
+    h = train.History.from_dict(old)
+    assert h.status == "finished" and h.val_images == 0 and h.steps == old["steps"]
+    assert train.History.from_dict(h.to_dict()) == h
+
+
+def _lesson_start(lr: float, seed: int, stop_at: int | None = None) -> train.History:
+    """Train the default shapes preset with the default optimiser on 1,000 shapes, as the Train page does."""
+    full = data.load("shapes", train=True, seed=0)
+    tr = data.holdout(full, 1000, 500, seed=seed)[0]
+    info = tr.info
+    model = models.build(models.preset(info.preset, info.channels, info.size, info.num_classes), seed=seed)
+    stop = threading.Event()
+    config = train.TrainConfig(lr=lr, seed=seed)
+    assert config.optimizer == "adam" and info.preset == "gap"  # the defaults the hint is about
+    return train.fit(model, tr, config, stop=stop,
+                     on_step=lambda s: stop.set() if stop_at is not None and s.step >= stop_at else None)
+
+
+@pytest.mark.slow
+def test_learning_rate_2_fails_and_says_so_while_the_default_does_not():
+    """The Train page says a very high learning rate makes training fail; try 2.0. Really train at 2.0."""
+    h = _lesson_start(2.0, seed=0)
+    # Measured: at 2.0 Adam sits at chance (loss ≈ ln 8) from the first steps; it is stopped at the first check.
+    assert h.status == "stuck" and len(h.steps) == train.STUCK_AFTER
+    assert "ln(8) = 2.08" in h.reason and "guessing at chance" in h.reason and "too high" in h.reason
+    assert abs(sum(s["loss"] for s in h.steps[-25:]) / 25 - math.log(8)) < train.STUCK_LOSS
+    # The default learning rate is well past chance by then: the run is not flagged and goes on until stopped.
+    h = _lesson_start(train.TrainConfig.lr, seed=0, stop_at=train.STUCK_AFTER)
+    assert h.status == "stopped" and len(h.steps) == train.STUCK_AFTER
+    assert sum(s["acc"] for s in h.steps[-25:]) / 25 > 0.5
+
+
+def test_stuck_needs_chance_loss_and_accuracy_and_waits_for_the_warm_up(shapes_small, monkeypatch):
+    steps = [dict(loss=math.log(8) + 0.05, acc=0.13)] * train.STUCK_WINDOW
+    high, low = train.TrainConfig(lr=2.0), train.TrainConfig(lr=0.001)
+    assert "too high" in train._stuck(steps, 8, high) and "2.13 ≈ ln(8) = 2.08" in train._stuck(steps, 8, high)
+    assert "not high" in train._stuck(steps, 8, low)
+    assert train._stuck([dict(loss=1.5, acc=0.13)] * 25, 8, high) == ""  # the loss moved off chance
+    assert train._stuck([dict(loss=2.08, acc=0.3)] * 25, 8, high) == ""  # better than guessing
+    # A run whose every batch looks stuck is judged only after STUCK_AFTER steps and the warm-up.
+    monkeypatch.setattr(train, "STUCK_LOSS", math.inf)
+    monkeypatch.setattr(train, "STUCK_ACC", 1.0)
+    monkeypatch.setattr(train, "STUCK_AFTER", 3)
+    tr, _ = shapes_small
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, tr.info.num_classes))
+    h = train.fit(model, tr, train.TrainConfig(min_steps=40, batch_size=50, epochs=1))
+    assert h.status == "stuck" and len(h.steps) == 10  # the warm-up is a quarter of the 40 steps
+    assert not model.training

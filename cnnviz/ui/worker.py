@@ -25,16 +25,18 @@ REPLAY_FRAMES = 30  # copies of the first layer's filters kept for replaying how
 
 
 def run(outbox, stop, threads: int) -> None:
-    """Receive the work from ``outbox`` (pickled spec, train and test splits, config), train, and send back
-    ``(kind, data)`` messages: ``progress`` several times a second, then ``done`` (weights, history, filter frames,
-    evaluation) or ``failed``. ``stop`` is checked after each step."""
+    """Receive the work from ``outbox`` (pickled spec, train, validation and test splits, config), train, and send
+    back ``(kind, data)`` messages: ``progress`` several times a second, then ``done`` (weights, history, filter
+    frames, evaluation on the whole test split) or ``failed``. ``stop`` is checked after each step.
+
+    The run validates on ``val_split`` (held-out training images); the test split is used once, at the end."""
 
     def send(kind: str, **data) -> None:
         outbox.send_bytes(pickle.dumps((kind, data)))
 
     try:
         torch.set_num_threads(threads)
-        spec, train_split, test_split, config = pickle.loads(outbox.recv_bytes())
+        spec, train_split, val_split, test_split, config = pickle.loads(outbox.recv_bytes())
         model = models.build(spec, seed=config.seed)
         first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
         frame_every = max(1, config.total_steps(len(train_split)) // REPLAY_FRAMES)
@@ -65,7 +67,7 @@ def run(outbox, stop, threads: int) -> None:
         if first_conv is not None:
             frames.append((0, filters()))
         send("progress", steps=[], epochs=[], filters=filters())
-        history = train.fit(model, train_split, config, val=test_split.subset(1000), on_step=on_step, stop=stop,
+        history = train.fit(model, train_split, config, val=val_split, on_step=on_step, stop=stop,
                             on_epoch=epochs.append)
         send("progress", steps=steps, epochs=epochs, step=len(history.steps))
         if frames and frames[-1][0] != len(history.steps):
