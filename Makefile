@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8501
 
-.PHONY: run test bench assets browser screenshots clean
+.PHONY: run dev test bench assets browser screenshots clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 run: $(STAMP)
+	$(VENV)/bin/cnnviz app --port $(PORT)
+
+# For developers: reload on save, full error details and Streamlit's developer menu. `make run` serves with
+# .streamlit/config.toml; these variables override it.
+dev: $(STAMP)
+	STREAMLIT_SERVER_FILE_WATCHER_TYPE=auto STREAMLIT_SERVER_RUN_ON_SAVE=true \
+	STREAMLIT_CLIENT_SHOW_ERROR_DETAILS=full STREAMLIT_CLIENT_TOOLBAR_MODE=developer \
 	$(VENV)/bin/cnnviz app --port $(PORT)
 
 # Chromium for the browser tests, from Debian's packages, when it is missing and we may install it.

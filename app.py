@@ -1,5 +1,6 @@
 """cnnviz: the Streamlit entry point. `streamlit run app.py` (or `make run`)."""
 
+import logging
 import os
 
 # Before torch loads: idle OpenMP threads sleep instead of spinning, so many sessions sharing the cores do not
@@ -8,6 +9,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st  # noqa: E402
+from streamlit.errors import FragmentHandledException  # noqa: E402
 
 from cnnviz.ui import jobs, links, widgets  # noqa: E402
 
@@ -27,4 +29,15 @@ pages = {
 links.keep()
 nav = st.navigation(pages)
 widgets.sidebar()
-nav.run()
+try:
+    nav.run()
+except FragmentHandledException:
+    raise  # a fragment's error, already shown by Streamlit in the fragment
+except Exception:  # st.stop, st.rerun and st.switch_page raise BaseExceptions (ScriptControlException): they pass
+    # Served (.streamlit/config.toml): the student gets our words, the server's log the traceback. Developing
+    # (`make dev`) and testing: Streamlit's own report, with the details.
+    if st.get_option("client.showErrorDetails") != "none":
+        raise
+    logging.getLogger("cnnviz.app").exception("the page %r failed", nav.title)
+    st.error("Something went wrong on this page, sorry. Your model and your settings are kept: try again, or "
+             "open another page. The details are in the server's log for your teacher.", icon=":material/error:")

@@ -33,16 +33,19 @@ ds_name = st.selectbox("Dataset", names, format_func=lambda n: data.DATASETS[n].
 info = data.info(ds_name)
 st.caption(f"{info.description} Classes: {', '.join(info.class_names)}.")
 try:
-    train_split = state.dataset(ds_name, train=True)
+    full_train = state.dataset(ds_name, train=True)
     test_split = state.dataset(ds_name, train=False)
 except DatasetError as e:
     st.error(str(e), icon=":material/cloud_off:")
     st.stop()
-sample = train_split.subset(16, seed=1)
+# Validation images are held out of the training images; the test set is used once, at the end.
+n_val = min(1000, len(full_train) // 10)
+sample = full_train.subset(16, seed=1)
 st.image(figure_png(("samples", ds_name), lambda: figures.sample_grid(
     sample.x, [info.class_names[int(y)] for y in sample.y], cols=16,
-    title=f"Training images ({len(train_split):,} in all, {len(test_split):,} to test)")), width="stretch")
-sizes = {**{f"{n:,}": n for n in (200, 1000, 5000) if n < len(train_split)}, "all": len(train_split)}
+    title=f"Training images ({len(full_train) - n_val:,} to learn from and {n_val:,} held out to validate; "
+          f"{len(test_split):,} more to test)")), width="stretch")
+sizes = {**{f"{n:,}": n for n in (200, 1000, 5000) if n < len(full_train) - n_val}, "all": None}
 st.session_state.setdefault("train_size", "all")
 links.valid("train_size", list(sizes))
 n_train = st.select_slider("Training images to use", list(sizes), key="train_size",
@@ -98,8 +101,9 @@ st.session_state.setdefault("train_lr", 0.005)
 epochs = c[0].number_input("Epochs", 1, 50, key="train_epochs",
                            help="Passes over the training images (small sets get more steps so they still learn).")
 batch = c[1].selectbox("Batch size", [32, 64, 128, 256], key="train_batch")
-lr = c[2].select_slider("Learning rate", LRS, key="train_lr", help="The peak of a one-cycle schedule. Very high values make training "
-                                             "diverge — try 2.0 to see what that looks like.")
+lr = c[2].select_slider("Learning rate", LRS, key="train_lr",
+                        help="The peak of a one-cycle schedule. Very high values make training fail: the loss "
+                             "explodes (diverges) or the network gets stuck guessing at chance. Try 2.0.")
 optimizer = c[3].selectbox("Optimiser", train.OPTIMIZERS, key="train_opt")
 seed = c[4].number_input("Seed", 0, 10_000, key="train_seed")
 augment = c[5].toggle("Augment", key="train_augment", help="Random small shifts, turns and zooms of each image.")
@@ -112,26 +116,49 @@ running = job is not None and job.snapshot().active
 b = st.columns([1, 1, 4])
 if b[0].button("Train", type="primary", icon=":material/play_arrow:", disabled=running, key="train_start"):
     if not running:  # a second click while a job runs never starts a second job
-        subset = train_split.subset(sizes[n_train], seed=int(seed))
-        st.session_state.job = jobs.TrainingJob(spec, subset, test_split, config).start()
-        st.session_state.job_adopted = False
-        running = True
+        train_part, val_part = data.holdout(full_train, sizes[n_train], n_val, int(seed))
+        try:
+            st.session_state.job = jobs.TrainingJob(spec, train_part, val_part, test_split, config,
+                                                    alive=jobs.this_session()).start()
+        except jobs.ServerFull:
+            st.warning("The server is full: every training slot is taken and the line of waiting students is "
+                       "full too. Try again in a minute.", icon=":material/hourglass_top:")
+        else:
+            st.session_state.job_adopted = False
+            running = True
 if b[1].button("Stop", icon=":material/stop:", disabled=not running, key="train_stop"):
     st.session_state.job.stop()
+b[2].caption(f"A training stops by itself after {jobs.TIME_CAP / 60:g} min on this server, keeping what it has "
+             "learned, and when you close this tab.")
 
-
-FILTERS_EVERY = 2.0  # seconds between redraws of the live filter grid (a matplotlib figure: ~60 ms of the server)
+FILTERS_EVERY = 2.0  # seconds between redraws of the live filter grid, at least
+FILTERS_SHARE = 0.05  # and at most this share of a core: a matplotlib figure costs 60-300 ms, more on a busy server
 
 
 def live_filters(job: jobs.TrainingJob, snap: jobs.Snapshot) -> bytes:
-    """The first layer's filters as a PNG, redrawn at most every FILTERS_EVERY seconds while the job trains."""
-    drawn = st.session_state.get("live_filters")  # (job, when, step, png)
-    if (drawn is None or drawn[0] is not job
-            or drawn[2] != snap.step and (not snap.active or time.monotonic() - drawn[1] >= FILTERS_EVERY)):
-        png = figures.to_png(figures.filter_grid(snap.filters, title=f"First-layer filters at step {snap.step}"),
-                             dpi=80)
-        drawn = st.session_state.live_filters = (job, time.monotonic(), snap.step, png)
+    """The first layer's filters as a PNG, redrawn only when the job reported new ones, at most every
+    FILTERS_EVERY seconds (and FILTERS_SHARE of a core) while it trains."""
+    drawn = st.session_state.get("live_filters")  # (job, when, filters_step, png, CPU seconds it took)
+    if (drawn is None or drawn[0] is not job or drawn[2] != snap.filters_step and (
+            not snap.active or time.monotonic() - drawn[1] >= max(FILTERS_EVERY, drawn[4] / FILTERS_SHARE))):
+        cpu = time.thread_time()
+        png = figures.to_png(figures.filter_grid(snap.filters, title=f"First-layer filters at step "
+                                                                     f"{max(0, snap.filters_step)}"), dpi=80)
+        drawn = (job, time.monotonic(), snap.filters_step, png, time.thread_time() - cpu)
+        st.session_state.live_filters = drawn
     return drawn[3]
+
+
+def live_curves(job: jobs.TrainingJob, snap: jobs.Snapshot):
+    """The job's curves: one figure per job, its points updated only when the job reported new ones."""
+    drawn = st.session_state.get("live_curves")  # (job, what it shows, figure)
+    shown = (snap.step, len(snap.history["epochs"]), snap.status)
+    if drawn is None or drawn[0] is not job:
+        drawn = (job, shown, charts.training_curves(snap.history))
+    elif drawn[1] != shown:
+        drawn = (job, shown, charts.update_training_curves(drawn[2], snap.history))
+    st.session_state.live_curves = drawn
+    return drawn[2]
 
 
 @st.fragment(run_every=1.0 if running else None)
@@ -148,16 +175,17 @@ def live() -> None:
         st.progress(frac, text=f"Step {snap.step} / {snap.total_steps} · {snap.images_per_s:,.0f} images/s · "
                                f"{snap.elapsed:.0f} s elapsed" + (f" · about {snap.eta:.0f} s left"
                                                                    if snap.active else ""))
-    if snap.status in ("diverged", "failed"):
+    if snap.status in ("diverged", "stuck", "failed"):
         st.error(snap.message, icon=":material/warning:")
     elif snap.status in ("finished", "stopped"):
         st.success(snap.message, icon=":material/check_circle:")
     left, right = st.columns([3, 2])
-    left.plotly_chart(charts.training_curves(snap.history), key="curves", width="stretch")
+    left.plotly_chart(live_curves(job, snap), key="curves", width="stretch")
     if snap.filters is not None:
         right.image(live_filters(job, snap), width="stretch")
-        right.caption("Each square is one filter of the first layer. They start as random noise and turn into "
-                      "edge, spot and colour detectors as the network learns.")
+        right.caption("Each square is one filter of the first layer, redrawn every few seconds while the network "
+                      "trains. They start as random numbers; every training step adjusts them, following the "
+                      "gradient of the loss on one batch of images.")
     if widgets.adopt_finished(snap):
         st.rerun()  # the whole page: results below and the sidebar show the new model
     if not snap.active and running:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,14 +14,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnviz import models, train
+from cnnviz import data, models, train
 from cnnviz.ui import jobs
 
 
 @pytest.fixture
 def small(shapes_small):
+    """A spec, 512 training images, 100 held out of the training split to validate on, and 200 test images."""
     tr, te = shapes_small
-    return models.preset("tiny", 3, 32, tr.info.num_classes), tr.subset(512), te.subset(200)
+    fit_on, val = data.holdout(tr, 512, 100, seed=0)
+    return models.preset("tiny", 3, 32, tr.info.num_classes), fit_on, val, te.subset(200)
+
+
+# Far longer than any test waits: a job that must still be training when the test acts on it.
+LONG = train.TrainConfig(epochs=1, min_steps=100_000, batch_size=32)
+
+
+def _job(small, config: train.TrainConfig, **kw) -> jobs.TrainingJob:
+    spec, tr, val, te = small
+    return jobs.TrainingJob(kw.pop("spec", spec), kw.pop("train_split", tr), val, te, config, **kw)
 
 
 def _wait_for_step(job: jobs.TrainingJob, step: int, timeout: float = 60) -> None:
@@ -34,8 +44,7 @@ def _wait_for_step(job: jobs.TrainingJob, step: int, timeout: float = 60) -> Non
 
 
 def test_job_trains_in_background_and_reports(small):
-    spec, tr, te = small
-    job = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, min_steps=20, batch_size=64)).start()
+    job = _job(small, train.TrainConfig(epochs=1, min_steps=20, batch_size=64)).start()
     snap = jobs.wait_for(job, 120)
     assert snap.status == "finished" and snap.step == snap.total_steps == 20
     assert len(snap.history["steps"]) == 20 and snap.history["epochs"]
@@ -43,12 +52,11 @@ def test_job_trains_in_background_and_reports(small):
     assert snap.result.metrics["test_accuracy"] == snap.evaluation.accuracy
     frames = snap.result.filter_frames
     assert frames[0][0] == 0 and frames[-1][0] == 20 and not torch.equal(frames[0][1], frames[-1][1])
-    assert snap.filters.shape == (16, 3, 3, 3)
+    assert snap.filters.shape == (16, 3, 3, 3) and snap.filters_step == 20
 
 
 def test_snapshot_is_a_copy(small):
-    spec, tr, te = small
-    job = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, min_steps=10, batch_size=64)).start()
+    job = _job(small, train.TrainConfig(epochs=1, min_steps=10, batch_size=64)).start()
     jobs.wait_for(job, 120)
     a = job.snapshot()
     a.history["steps"].clear()
@@ -56,8 +64,7 @@ def test_snapshot_is_a_copy(small):
 
 
 def test_stop_ends_the_job_with_its_last_good_model(small):
-    spec, tr, te = small
-    job = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=50, batch_size=32)).start()
+    job = _job(small, LONG).start()
     _wait_for_step(job, 3)
     job.stop()
     snap = jobs.wait_for(job, 60)
@@ -66,58 +73,149 @@ def test_stop_ends_the_job_with_its_last_good_model(small):
 
 
 def test_jobs_beyond_the_limit_wait_in_line_and_can_be_stopped(small, monkeypatch):
-    spec, tr, te = small
-    monkeypatch.setattr(jobs, "_slots", threading.BoundedSemaphore(1))
+    monkeypatch.setattr(jobs, "_line", jobs.Line(slots=1, max_waiting=2))
     monkeypatch.setattr(jobs, "MAX_JOBS", 1)
-    first = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=50, batch_size=32)).start()
-    second = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, min_steps=5, batch_size=32)).start()
-    deadline = time.monotonic() + 30
-    while "Waiting for a free training slot" not in second.snapshot().message:
-        assert time.monotonic() < deadline, second.snapshot()
-        time.sleep(0.05)
-    assert second.snapshot().status == "queued" and second.snapshot().active
+    first = _job(small, LONG).start()
+    second = _job(small, train.TrainConfig(epochs=1, min_steps=5, batch_size=32)).start()
+    third = _job(small, train.TrainConfig(epochs=1, min_steps=5, batch_size=32)).start()
+    with pytest.raises(jobs.ServerFull):  # one training, two waiting: the line is full
+        _job(small, train.TrainConfig(epochs=1, batch_size=32)).start()
+    waiting = second.snapshot(), third.snapshot()
+    assert [s.status for s in waiting] == ["queued", "queued"] and all(s.active for s in waiting)
+    assert [s.place for s in waiting] == [1, 2]
+    assert "number 1 in line" in waiting[0].message and "number 2 in line" in waiting[1].message
+    assert 0 < waiting[0].wait <= waiting[1].wait
+    third.stop()  # stopping a waiting job ends it without training, and the one behind it moves up
+    assert jobs.wait_for(third, 30).status == "stopped" and third.snapshot().step == 0 and third.process is None
     first.stop()
-    snap = jobs.wait_for(second, 120)
-    assert snap.status == "finished"  # it got the slot once the first job let go of it
+    assert jobs.wait_for(second, 120).status == "finished"  # it got the slot once the first job let go of it
     assert jobs.wait_for(first, 60).status == "stopped"
-    third = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=50, batch_size=32)).start()
-    fourth = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, batch_size=32)).start()
-    time.sleep(0.5)
-    fourth.stop()  # stopping a queued job ends it without training
-    assert jobs.wait_for(fourth, 30).status == "stopped" and fourth.snapshot().step == 0
-    third.stop()
-    assert jobs.wait_for(third, 60).status == "stopped"
+    assert jobs._line.running == [] and jobs._line.waiting == []
+
+
+class _Running:
+    """A stand-in for a training job in the line: what its progress says, how long it would train."""
+
+    def __init__(self, snap: jobs.Snapshot, expected: float = 0.0):
+        self.snap, self.expected = snap, expected
+
+    def progress(self) -> jobs.Snapshot:
+        return self.snap
+
+    def expected_seconds(self, images_per_s: float) -> float:
+        return self.expected
+
+
+def test_the_estimated_wait_adds_up_the_jobs_ahead():
+    line = jobs.Line(slots=2, max_waiting=3)
+    a = _Running(jobs.Snapshot(status="running", step=10, total_steps=40, eta=30.0, elapsed=10.0,
+                               images_per_s=1000))
+    b = _Running(jobs.Snapshot(status="running", step=10, total_steps=20, eta=10.0, elapsed=10.0,
+                               images_per_s=1000))
+    c, d, e = _Running(jobs.Snapshot(), expected=25.0), _Running(jobs.Snapshot(), expected=5.0), _Running(None)
+    for job in (a, b, c, d, e):
+        line.join(job)
+    assert line.running == [a, b] and line.waiting == [c, d, e]
+    # Slots free at 10 s (b) and 30 s (a). c takes the one free at 10 s and holds it until 35 s; d takes the one
+    # free at 30 s and holds it until 35 s; e gets a slot at 35 s.
+    assert line.place(c) == (1, 10.0)
+    assert line.place(d) == (2, 30.0)
+    assert line.place(e) == (3, 35.0)
+    assert line.place(a) == (0, 0.0)  # training, not waiting
+    with pytest.raises(jobs.ServerFull):
+        line.join(_Running(None))
+    line.leave(b)
+    assert line.admit(c, timeout=0) and line.running == [a, c] and line.waiting == [d, e]
+    assert not line.admit(e, timeout=0)  # d is ahead of it
+
+
+def test_training_threads_share_the_cores_the_server_leaves():
+    assert jobs.training_threads(2, 1, None) == 2  # (2 cores − 0.1 for the server) for one job
+    assert jobs.training_threads(2, 1, 1.95) == 2
+    assert jobs.training_threads(2, 1, 0.3) == 1  # the cores are busy: one thread, which never waits on another
+    assert jobs.training_threads(2, 2, 2.0) == 1
+    assert jobs.training_threads(16, 3, 16.0) == 5
+    assert jobs.training_threads(1, 4, 0.0) == 1
+    assert 0 <= jobs._idle_cores(0.05) <= os.cpu_count()
+
+
+def test_outside_a_served_app_nothing_can_end_a_session():
+    assert jobs.this_session() is None
+
+
+def test_a_job_whose_session_ends_stops_within_seconds(small):
+    session = {"open": True}
+    job = _job(small, LONG, alive=lambda: session["open"]).start()
+    _wait_for_step(job, 3)
+    process = job.process
+    session["open"] = False  # the tab was closed
+    closed = time.monotonic()
+    jobs.wait_for(job, 30)
+    gone = time.monotonic() - closed
+    assert not process.is_alive() and process.exitcode is not None
+    assert jobs.ALIVE_GRACE <= gone <= jobs.ALIVE_GRACE + jobs.ALIVE_EVERY + 3
+    snap = job.snapshot()
+    assert snap.status == "stopped" and "tab" in snap.message and not snap.active
+
+
+def test_a_short_disconnection_does_not_stop_the_job(small):
+    session = {"open": True}
+    job = _job(small, LONG, alive=lambda: session["open"]).start()
+    _wait_for_step(job, 3)
+    session["open"] = False  # a network blip: the browser reconnects to the same session
+    time.sleep(jobs.ALIVE_GRACE / 2)
+    session["open"] = True
+    time.sleep(jobs.ALIVE_GRACE + jobs.ALIVE_EVERY)
+    assert job.snapshot().status == "running" and job.process.is_alive()
+    job.stop()
+    assert jobs.wait_for(job, 60).status == "stopped"
+
+
+def test_a_job_waiting_in_line_leaves_it_when_its_session_ends(small, monkeypatch):
+    monkeypatch.setattr(jobs, "_line", jobs.Line(slots=1, max_waiting=1))
+    first = _job(small, LONG).start()
+    waiting = _job(small, train.TrainConfig(epochs=1, batch_size=32), alive=lambda: False).start()
+    snap = jobs.wait_for(waiting, jobs.ALIVE_GRACE + 10)
+    assert snap.status == "stopped" and waiting.process is None and jobs._line.waiting == []
+    first.stop()
+    assert jobs.wait_for(first, 60).status == "stopped"
+
+
+def test_a_job_stops_at_the_time_cap_and_keeps_what_it_learned(small, monkeypatch):
+    monkeypatch.setattr(jobs, "TIME_CAP", 2.0)
+    job = _job(small, LONG).start()
+    snap = jobs.wait_for(job, 60)
+    assert snap.status == "stopped" and 0 < snap.step < snap.total_steps
+    assert "time limit" in snap.message and "2 s" in snap.message
+    assert snap.result is not None and snap.result.history.status == "stopped"
+    assert 1.0 <= snap.result.history.seconds < 2.0 + 5  # the cap counts from the process's start
 
 
 def test_two_sessions_train_two_models_independently(small):
-    spec, tr, te = small
-    a = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, min_steps=15, batch_size=64, seed=1)).start()
-    b = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, min_steps=15, batch_size=64, seed=2)).start()
+    a = _job(small, train.TrainConfig(epochs=1, min_steps=15, batch_size=64, seed=1)).start()
+    b = _job(small, train.TrainConfig(epochs=1, min_steps=15, batch_size=64, seed=2)).start()
     sa, sb = jobs.wait_for(a, 120), jobs.wait_for(b, 120)
     assert sa.result.model is not sb.result.model
     assert not torch.equal(sa.result.model.conv1.weight, sb.result.model.conv1.weight)
 
 
 def test_job_trains_in_its_own_process(small):
-    spec, tr, te = small
-    job = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, min_steps=10, batch_size=64)).start()
+    job = _job(small, train.TrainConfig(epochs=1, min_steps=10, batch_size=64)).start()
     snap = jobs.wait_for(job, 120)
     assert snap.status == "finished"
     assert job.process is not None and job.process.pid != os.getpid() and job.process.exitcode == 0
 
 
 def test_an_error_in_the_training_process_is_reported(small):
-    spec, tr, te = small
     too_few = models.preset("tiny", 3, 32, 2)  # 8 classes in the data, 2 outputs: the loss raises
-    job = jobs.TrainingJob(too_few, tr, te, train.TrainConfig(epochs=1, min_steps=10, batch_size=64)).start()
+    job = _job(small, train.TrainConfig(epochs=1, min_steps=10, batch_size=64), spec=too_few).start()
     snap = jobs.wait_for(job, 120)
     assert snap.status == "failed" and snap.message.startswith("Training failed: ") and "out of bounds" in snap.message
     assert snap.result is None and not snap.active
 
 
 def test_a_killed_training_process_fails_the_job_with_a_reason(small):
-    spec, tr, te = small
-    job = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=50, batch_size=32)).start()
+    job = _job(small, LONG).start()
     _wait_for_step(job, 3)
     os.kill(job.process.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
     snap = jobs.wait_for(job, 30)
@@ -126,19 +224,18 @@ def test_a_killed_training_process_fails_the_job_with_a_reason(small):
 
 
 def test_a_job_stopped_before_it_starts_never_trains(small):
-    spec, tr, te = small
-    job = jobs.TrainingJob(spec, tr, te, train.TrainConfig(epochs=1, min_steps=10, batch_size=64))
+    job = _job(small, train.TrainConfig(epochs=1, min_steps=10, batch_size=64))
     job.stop()
     snap = jobs.wait_for(job.start(), 30)  # a slot is free, so it gets one at once, then sees the stop
     assert snap.status == "stopped" and snap.step == 0 and job.process is None
 
 
 def test_a_training_process_that_does_not_answer_a_stop_is_killed(small, monkeypatch):
-    spec, tr, te = small
+    tr = small[1]
     monkeypatch.setattr(jobs, "STOP_GRACE", 0.01)
     big = replace(tr, x=tr.x.repeat(8, 1, 1, 1), y=tr.y.repeat(8), masks=None)
     slow = models.preset("deep", 3, 32, tr.info.num_classes)  # a step on 4,096 images: a second or more
-    job = jobs.TrainingJob(slow, big, te, train.TrainConfig(epochs=50, batch_size=4096)).start()
+    job = _job(small, train.TrainConfig(epochs=50, batch_size=4096), spec=slow, train_split=big).start()
     _wait_for_step(job, 1, timeout=120)  # then stop while it is inside its second step
     job.stop()
     snap = jobs.wait_for(job, 60)
@@ -155,7 +252,7 @@ else:
     from cnnviz.ui import jobs
 
     split = data.load("shapes", train=False).subset(256)
-    job = jobs.TrainingJob(models.preset("tiny", 3, 32, 8), split, split,
+    job = jobs.TrainingJob(models.preset("tiny", 3, 32, 8), split, split, split,
                            train.TrainConfig(epochs=50, batch_size=32)).start()
     while job.snapshot().step < 1:
         time.sleep(0.01)

@@ -5,6 +5,10 @@
 imports the pages' heavy modules before the server listens, so the first visitor does not wait for them, and starts
 the fork server that training jobs' processes come from (they wait actively: see
 :func:`cnnviz.ui.jobs.start_worker_server`).
+
+The server settings are the project's ``.streamlit/config.toml``, beside ``app.py``: Streamlit reads the config file
+next to the main script whatever the current directory (``tests/test_train_page.py`` starts the app from elsewhere
+and checks it). ``STREAMLIT_*`` variables override it, which is how ``make dev`` turns on reloading and details.
 """
 
 from __future__ import annotations
