@@ -11,7 +11,7 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import classroom, inference, report, training, webapp
+from benchmarks import browser_train, classroom, inference, report, training, webapp
 from benchmarks.common import Options
 
 SECTIONS = {
@@ -20,6 +20,7 @@ SECTIONS = {
     "probe": inference.probe,
     "pointing": inference.pointing,
     "app-train": training.app_train,
+    "browser-train": browser_train.browser_train,
     "first-paint": webapp.first_paint,
     "explore": webapp.explore,
     "learn": inference.learn,

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from torch import Tensor
 
+from cnnviz import text
 from cnnviz.figures import _as_float, _describe
 from cnnviz.train import History
 
@@ -27,7 +28,7 @@ def topk_bars(probs: Tensor, class_names: Sequence[str], k: int = 5) -> go.Figur
     if k < 1:
         raise ValueError(f"expected k >= 1, got {k}")
     top = probs.topk(min(k, len(probs)))
-    names = [class_names[i] for i in top.indices.tolist()]
+    names = [text.plotly(class_names[i]) for i in top.indices.tolist()]
     percent = [100 * p for p in top.values.tolist()]
     fig = go.Figure(go.Bar(
         x=percent, y=names, orientation="h", text=[f"{p:.1f} %" for p in percent], textposition="auto",
@@ -115,7 +116,7 @@ def confusion_matrix(confusion: Tensor, class_names: Sequence[str]) -> go.Figure
         raise ValueError(f"expected a (K, K) tensor, got {_describe(confusion)}")
     if len(class_names) != len(confusion):
         raise ValueError(f"expected {len(confusion)} class names, got {len(class_names)}")
-    names = list(class_names)
+    names = [text.plotly(n) for n in class_names]
     counts = confusion.detach().cpu().long().tolist()
     hover = [[f"true: {t}, predicted: {p}, {n} image{'s' * (n != 1)}" for p, n in zip(names, row)]
              for t, row in zip(names, counts)]
@@ -136,7 +137,7 @@ def per_class_bars(per_class: Sequence[float], class_names: Sequence[str]) -> go
         raise ValueError(f"expected one accuracy per class ({len(class_names)}), got {len(per_class)}")
     percent = [100 * float(a) for a in per_class]
     fig = go.Figure(go.Bar(
-        x=list(class_names), y=percent, text=[f"{p:.0f} %" for p in percent], textposition="auto",
+        x=[text.plotly(n) for n in class_names], y=percent, text=[f"{p:.0f} %" for p in percent], textposition="auto",
         marker_color=TRAIN_COLOUR, hovertemplate="%{x}: %{y:.1f} % correct<extra></extra>",
     ))
     fig.update_xaxes(title_text="true class", type="category")

@@ -39,7 +39,7 @@ except DatasetError as e:
     st.error(str(e), icon=":material/cloud_off:")
     st.stop()
 # Validation images are held out of the training images; the test set is used once, at the end.
-n_val = min(1000, len(full_train) // 10)
+n_val = min(train.VAL_IMAGES, len(full_train) // 10)  # validation uses at most this many
 sample = full_train.subset(16, seed=1)
 st.image(figure_png(("samples", ds_name), lambda: figures.sample_grid(
     sample.x, [info.class_names[int(y)] for y in sample.y], cols=16,
@@ -64,14 +64,19 @@ with st.expander("Edit the conv blocks", icon=":material/tune:"):
     edited = st.data_editor(
         pd.DataFrame([b.__dict__ for b in spec.blocks]), num_rows="dynamic", key=f"blocks_{preset}_{ds_name}",
         column_config={
-            "channels": st.column_config.NumberColumn("channels", min_value=1, max_value=256, step=1, default=16),
-            "kernel": st.column_config.NumberColumn("kernel", min_value=1, max_value=11, step=1, default=3),
-            "padding": st.column_config.NumberColumn("padding", min_value=0, max_value=5, step=1, default=1),
-            "stride": st.column_config.NumberColumn("stride", min_value=1, max_value=4, step=1, default=1),
+            "channels": st.column_config.NumberColumn("channels", min_value=1, max_value=models.MAX_CHANNELS,
+                                                      step=1, default=16),
+            "kernel": st.column_config.NumberColumn("kernel", min_value=1, max_value=models.MAX_KERNEL, step=1,
+                                                    default=3),
+            "padding": st.column_config.NumberColumn("padding", min_value=0, max_value=models.MAX_PADDING, step=1,
+                                                     default=1),
+            "stride": st.column_config.NumberColumn("stride", min_value=1, max_value=models.MAX_STRIDE, step=1,
+                                                    default=1),
             "activation": st.column_config.SelectboxColumn("activation", options=list(models.ACTIVATIONS),
                                                            default="relu"),
             "pool": st.column_config.SelectboxColumn("pool", options=list(models.POOLS), default="max"),
-            "pool_size": st.column_config.NumberColumn("pool size", min_value=2, max_value=4, step=1, default=2),
+            "pool_size": st.column_config.NumberColumn("pool size", min_value=models.POOL_SIZES[0],
+                                                       max_value=models.POOL_SIZES[1], step=1, default=2),
             "batchnorm": st.column_config.CheckboxColumn("batchnorm", default=False),
             "dropout": st.column_config.NumberColumn("dropout", min_value=0.0, max_value=0.9, step=0.05, default=0.0),
         },
@@ -79,7 +84,7 @@ with st.expander("Edit the conv blocks", icon=":material/tune:"):
 try:
     spec.blocks = [models.block_from_row(row, i + 1) for i, row in enumerate(edited.to_dict("records"))]
     rows = models.summary(spec)
-except (models.SpecError, TypeError, ValueError) as e:
+except models.SpecError as e:
     st.error(f"This architecture cannot work: {e}", icon=":material/block:")
     st.stop()
 total_params = sum(r.params for r in rows)
@@ -103,7 +108,8 @@ epochs = c[0].number_input("Epochs", 1, 50, key="train_epochs",
 batch = c[1].selectbox("Batch size", [32, 64, 128, 256], key="train_batch")
 lr = c[2].select_slider("Learning rate", LRS, key="train_lr",
                         help="The peak of a one-cycle schedule. Very high values make training fail: the loss "
-                             "explodes (diverges) or the network gets stuck guessing at chance. Try 2.0.")
+                             "explodes (diverges) or the network gets stuck guessing at chance. Try 2.0 with "
+                             "adam.")
 optimizer = c[3].selectbox("Optimiser", train.OPTIMIZERS, key="train_opt")
 seed = c[4].number_input("Seed", 0, 10_000, key="train_seed")
 augment = c[5].toggle("Augment", key="train_augment", help="Random small shifts, turns and zooms of each image.")

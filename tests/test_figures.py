@@ -356,13 +356,13 @@ def test_training_curves_plot_steps_smoothed_and_validation_per_epoch():
     by_name = {}
     for trace in fig.data:
         by_name.setdefault(trace.name, []).append(trace)
-    assert set(by_name) == {"training (each batch)", "training (smoothed)", "validation (end of each epoch)"}
+    assert set(by_name) == {"training (each batch)", "training (smoothed)", "validation (held-out training images)"}
     raw_loss, raw_acc = by_name["training (each batch)"]
     assert list(raw_loss.x) == list(range(1, 21)) and list(raw_acc.y) == [50.0] * 20  # accuracy in %
     smooth_loss = by_name["training (smoothed)"][0]
     assert smooth_loss.y[0] == pytest.approx(2.0)  # bias-corrected: starts at the first value, not near 0
     assert 1.2 < smooth_loss.y[-1] < 1.8  # between the alternating values
-    val_loss, val_acc = by_name["validation (end of each epoch)"]
+    val_loss, val_acc = by_name["validation (held-out training images)"]
     assert list(val_loss.x) == [10, 20] and list(val_acc.y) == pytest.approx([60.0, 70.0])
     assert sum(trace.showlegend is not False for trace in fig.data) == 3  # one legend entry per kind of line
     assert not fig.layout.annotations or all(a.text != "No training steps yet" for a in fig.layout.annotations)

@@ -54,3 +54,19 @@ def test_md_keeps_every_visible_character_and_leaves_nothing_active(s):
 
 def test_mpl_escapes_dollars():
     assert text.mpl("cost $5 to $10") == r"cost \$5 to \$10"
+
+
+def test_plotly_labels_show_html_as_text():
+    assert text.plotly('<a href="http://evil">x</a> & <b>') == '&lt;a href="http://evil"&gt;x&lt;/a&gt; &amp; &lt;b&gt;'
+
+
+def test_charts_escape_class_names():
+    import torch
+
+    from cnnviz import charts
+
+    names = ["<a href='http://evil'>cat</a>", "dog"]
+    fig = charts.topk_bars(torch.tensor([0.3, 0.7]), names, k=2)
+    assert "<a" not in "".join(fig.data[0].y) and "&lt;a" in "".join(fig.data[0].y)
+    cm = charts.confusion_matrix(torch.tensor([[1, 0], [0, 1]]), names)
+    assert all("<a" not in n for n in cm.data[0].x)

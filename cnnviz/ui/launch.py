@@ -22,7 +22,10 @@ APP = Path(__file__).resolve().parents[2] / "app.py"
 
 def serve(port: int) -> None:
     """Replace this process with the app server on ``port`` (never returns)."""
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+           # A 12-megapixel upload decodes into ~48 MB blocks that glibc would keep after they are freed (~250 MB
+           # held for good, measured); above 4 MB an allocation gets its own mapping and goes back when freed.
+           "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", str(4 * 2**20))}
     os.execve(sys.executable, [sys.executable, "-m", "cnnviz.ui.launch", str(port)], env)
 
 

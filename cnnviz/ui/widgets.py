@@ -62,7 +62,9 @@ def sidebar() -> None:
         job = st.session_state.get("job")
         if job is not None:
             snap = job.snapshot()
-            if snap.active:
+            if snap.status == "queued":
+                st.info(snap.message or "Training: waiting to start…", icon=":material/hourglass_top:")
+            elif snap.active:
                 st.info(f"Training: step {snap.step} of {snap.total_steps}", icon=":material/model_training:")
             adopt_finished(snap)
 
