@@ -259,20 +259,23 @@ else:
     env = open(f"/proc/{job.process.pid}/environ", "rb").read().split(b"\0")
     job.stop()
     print(json.dumps({"status": jobs.wait_for(job, 60).status,
-                      "child_policy": [e.decode() for e in env if e.startswith(b"OMP_WAIT_POLICY=")],
-                      "server_policy": os.environ.get("OMP_WAIT_POLICY")}))
+                      "child_policy": [e.decode() for e in env if e.startswith((b"OMP_WAIT_POLICY=",
+                                                                                 b"MALLOC_MMAP_THRESHOLD_="))],
+                      "server_policy": [os.environ.get("OMP_WAIT_POLICY"), os.environ.get("MALLOC_MMAP_THRESHOLD_")]}))
 """
 
 
 def test_training_process_waits_actively_and_does_not_rerun_the_main_script(tmp_path):
-    """As under `cnnviz app`: the server's OpenMP threads wait passively, its training processes do not; and the
-    server's main script (under Streamlit, app.py) is not run again inside each training process."""
+    """As under `cnnviz app`: the server's OpenMP threads wait passively and its big allocations are mapped apart,
+    its training processes do neither (the second halved training speed); and the server's main script (under
+    Streamlit, app.py) is not run again inside each training process."""
     script, marker = tmp_path / "server.py", tmp_path / "marker"
     script.write_text(CHILD_SCRIPT)
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MARKER": str(marker), "CNNVIZ_MAX_JOBS": "1"}
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "MALLOC_MMAP_THRESHOLD_": "4194304", "MARKER": str(marker),
+           "CNNVIZ_MAX_JOBS": "1"}
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=180,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"status": "stopped", "child_policy": [], "server_policy": "PASSIVE"}
+    assert result == {"status": "stopped", "child_policy": [], "server_policy": ["PASSIVE", "4194304"]}
     assert not marker.exists()

@@ -42,6 +42,7 @@ TIME_CAP = float(os.environ.get("CNNVIZ_JOB_TIME_CAP", 0)) or 300.0  # seconds o
 # The web server's own share of the cores while jobs train, served with .streamlit/config.toml and a Train page
 # polling each second (measured with py-spy and /proc: ~0.1 core). Training threads get the rest.
 SERVER_CORES = 0.1
+TRAIN_THREADS = int(os.environ.get("CNNVIZ_TRAIN_THREADS", 0))  # a fixed thread count per training process (0: sized)
 IDLE_SAMPLE = 0.2  # seconds over which a starting job measures how many cores are idle
 ALIVE_EVERY = 1.0  # seconds between checks that the job's browser session is still there
 # A session gone this long ends its job. Shorter than a closed tab would matter; long enough that a browser
@@ -68,17 +69,18 @@ def start_worker_server() -> None:
     """Start the fork server if it is not running (it takes a few seconds; `cnnviz app` calls this at start, so the
     first Train click does not wait).
 
-    It starts without ``OMP_WAIT_POLICY``, which the web server sets to ``PASSIVE`` for its own threads: the
-    variable is read once, when torch loads, and a training process has its cores to itself, so it waits actively,
-    as ``cnnviz train`` does.
+    It starts without the web server's tuning for many small requests, which would slow training down:
+    ``OMP_WAIT_POLICY=PASSIVE`` (read once, when torch loads; a training process waits actively, as ``cnnviz train``
+    does) and ``MALLOC_MMAP_THRESHOLD_`` (every batch-sized tensor would be mapped and unmapped each step: training
+    ran at half speed, with a fifth of its time in the kernel).
     """
+    server_only = ("OMP_WAIT_POLICY", "MALLOC_MMAP_THRESHOLD_")
     with _start_lock:
-        policy = os.environ.pop("OMP_WAIT_POLICY", None)
+        kept = {name: os.environ.pop(name) for name in server_only if name in os.environ}
         try:
             forkserver.ensure_running()
         finally:
-            if policy is not None:
-                os.environ["OMP_WAIT_POLICY"] = policy
+            os.environ.update(kept)
 
 
 def _start(process: mp.process.BaseProcess) -> None:
@@ -409,6 +411,8 @@ def training_threads(cpus: int, training: int, idle: float | None) -> int:
     busy cores a thread spins while its partner waits to be scheduled, and two threads trained shapes 4-11× slower
     than one (2 cores, load average 8-15, measured with the gap preset).
     """
+    if TRAIN_THREADS:
+        return TRAIN_THREADS
     threads = round((cpus - SERVER_CORES) / max(1, training))
     if idle is not None:
         threads = min(threads, round(idle - SERVER_CORES))
