@@ -8,6 +8,7 @@ training process has its cores to itself and waits actively, as ``cnnviz train``
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import time
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 # The first optimiser a process makes imports torch._dynamo (0.8 s); make one here, so the fork server pays that once.
 torch.optim.SGD([torch.zeros(1, requires_grad=True)])
 
+NICENESS = 10  # how much lower a training process's CPU priority is than the web server's
 REPORT_EVERY = 0.2  # seconds between reports to the job: the steps since the last one, the first layer's filters
 REPLAY_FRAMES = 30  # copies of the first layer's filters kept for replaying how they evolved, spread over the run
 
@@ -36,6 +38,9 @@ def run(outbox, stop, threads: int) -> None:
 
     try:
         torch.set_num_threads(threads)
+        # Students' pages come first: under contention the scheduler gives the web server the cores, and training
+        # takes what is left (on an idle server it still has them all).
+        os.nice(NICENESS)
         spec, train_split, val_split, test_split, config = pickle.loads(outbox.recv_bytes())
         model = models.build(spec, seed=config.seed)
         first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
