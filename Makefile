@@ -11,9 +11,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall only when the project's dependencies change; torch and torchvision are pinned to the releases
-# this project is tested with (newer ones are not on every machine).
+# this project is tested with (newer ones are not on every machine). TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# takes PyTorch's CPU-only build from its own index instead of PyPI's CUDA build (2.9 GB of wheels).
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -e '.[test]'
 	touch $(STAMP)
 

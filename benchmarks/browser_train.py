@@ -9,12 +9,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from benchmarks.common import ROOT, Options, cpu_seconds, free_port, reap, run_child
 from benchmarks.report import Row, Skip, at_most
-from benchmarks.webapp import CHROMIUM, CHROMIUM_ARGS
+from benchmarks.webapp import CHROMIUM, CHROMIUM_ARGS, _wait_healthy
 
 
 def browser_train(options: Options) -> list[Row]:
@@ -39,7 +38,7 @@ def browser_train(options: Options) -> list[Row]:
         server = subprocess.Popen([sys.executable, "-m", "cnnviz.cli", "app", "--port", str(port)], cwd=ROOT,
                                   stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_healthy(url, server, log)
+            _wait_healthy(url, server, time.perf_counter(), log)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
                 try:
@@ -83,18 +82,3 @@ def _train_in_page(browser, url: str, server_pid: int) -> tuple[float, float, fl
     seconds = re.search(r"([\d.]+)\s*s", metric.inner_text())
     page.close()
     return click_s, done_s, cpu1 - cpu0, float(seconds.group(1)) if seconds else float("nan")
-
-
-def _wait_healthy(url: str, server: subprocess.Popen, log) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            raise RuntimeError(f"the app did not start: {log.read().decode(errors='replace')[-500:]}")
-        time.sleep(0.1)

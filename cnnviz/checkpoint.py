@@ -21,6 +21,7 @@ from typing import BinaryIO
 import torch
 from torch import nn
 
+from cnnviz import text
 from cnnviz.data import DATASETS, DatasetInfo
 from cnnviz.models import IMAGE_SIZES, NUM_CLASSES, PRESETS, ModelSpec, SpecError, build
 from cnnviz.train import History
@@ -181,31 +182,18 @@ def _bad(what: str) -> CheckpointError:
     return CheckpointError(f"This cnnviz model file is damaged or inconsistent: {what}.")
 
 
-def _show(v: object) -> str:
-    """A short description of a value from the file, for a message (never the whole of a long value)."""
-    if type(v) is int and v.bit_length() > 64:
-        return "a very large whole number"
-    if isinstance(v, (bool, int, float, type(None))):
-        return repr(v)
-    if isinstance(v, str):
-        return repr(v) if len(v) <= 40 else repr(v[:40]) + "…"
-    if isinstance(v, torch.Tensor):
-        return f"a {str(v.dtype).removeprefix('torch.')} tensor of shape {tuple(v.shape)}"
-    return f"a {type(v).__name__}"
-
-
 def _number(v: object, what: str, low: float = -math.inf, high: float = math.inf) -> float:
     """``v`` as a float when it is a finite real number in ``[low, high]`` (not a bool, not a string)."""
     if not ((type(v) is float and math.isfinite(v)) or (type(v) is int and abs(v) < 2 ** 63)) or not low <= v <= high:
         expected = (f" from {low:g} to {high:g}" if math.isfinite(high) else
                     f" of at least {low:g}" if math.isfinite(low) else "")
-        raise _bad(f"{what} must be a finite number{expected}, got {_show(v)}")
+        raise _bad(f"{what} must be a finite number{expected}, got {text.brief(v)}")
     return float(v)
 
 
 def _whole(v: object, what: str, low: int, high: int) -> int:
     if type(v) is not int or not low <= v <= high:
-        raise _bad(f"{what} must be a whole number from {low:,} to {high:,}, got {_show(v)}")
+        raise _bad(f"{what} must be a whole number from {low:,} to {high:,}, got {text.brief(v)}")
     return v
 
 
@@ -213,7 +201,7 @@ def _text(v: object, what: str, limit: int, *, empty: bool = False) -> str:
     """``v`` when it is printable text (no control characters or line breaks) of at most ``limit`` characters."""
     if type(v) is not str or len(v) > limit or not v.isprintable() or not (empty or v.strip()):
         raise _bad(f"{what} must be {'' if empty else 'non-empty '}printable text of at most {limit} characters, "
-                   f"got {_show(v)}")
+                   f"got {text.brief(v)}")
     return v
 
 
@@ -222,13 +210,13 @@ def _sequence(v: object, what: str, n: int | None = None, limit: int | None = No
     size = len(v) if isinstance(v, (list, tuple)) else None
     if size is None or (n is not None and size != n) or (limit is not None and size > limit):
         count = f"{n}" if n is not None else f"at most {limit:,}"
-        raise _bad(f"{what} must be a list of {count} items, got {_show(v)}{'' if size is None else f' of {size:,}'}")
+        raise _bad(f"{what} must be a list of {count} items, got {text.brief(v)}{'' if size is None else f' of {size:,}'}")
     return v
 
 
 def _mapping(v: object, what: str) -> dict:
     if not isinstance(v, dict):
-        raise _bad(f"{what} must be a mapping, got {_show(v)}")
+        raise _bad(f"{what} must be a mapping, got {text.brief(v)}")
     return v
 
 
@@ -238,7 +226,7 @@ def _checkpoint(payload: object) -> Checkpoint:
                               "page or `cnnviz train --out`).")
     version = payload.get("version")
     if type(version) is not int or version < 1:
-        raise _bad(f"its format version must be a whole number, got {_show(version)}")
+        raise _bad(f"its format version must be a whole number, got {text.brief(version)}")
     if version > VERSION:
         raise CheckpointError("This model was saved by a newer cnnviz; upgrade cnnviz to open it.")
     try:
@@ -257,7 +245,7 @@ def _dataset(d: object, spec: ModelSpec) -> DatasetInfo:
     d = _mapping(d, "its dataset description")
     name = d.get("name")
     if type(name) is not str or name not in DATASETS:
-        raise CheckpointError(f"This model was trained on {_show(name)}, a dataset this version of cnnviz does not "
+        raise CheckpointError(f"This model was trained on {text.brief(name)}, a dataset this version of cnnviz does not "
                               f"know ({', '.join(DATASETS)}).")
     known = DATASETS[name]
     names = _sequence(d.get("class_names"), "its class names", limit=NUM_CLASSES[1])
@@ -282,10 +270,10 @@ def _dataset(d: object, spec: ModelSpec) -> DatasetInfo:
                 for i, s in enumerate(_sequence(d.get("std"), "its standard deviation", channels)))
     invert = d.get("invert", known.invert)
     if type(invert) is not bool:
-        raise _bad(f"'invert' must be true or false, got {_show(invert)}")
+        raise _bad(f"'invert' must be true or false, got {text.brief(invert)}")
     preset = d.get("preset", known.preset)
     if type(preset) is not str or preset not in PRESETS:
-        raise _bad(f"its preset must be one of {', '.join(PRESETS)}, got {_show(preset)}")
+        raise _bad(f"its preset must be one of {', '.join(PRESETS)}, got {text.brief(preset)}")
     return DatasetInfo(name, _text(d.get("title"), "its dataset title", MAX_TITLE), names, channels, size, mean, std,
                        invert=invert, description=_text(d.get("description", ""), "its description", MAX_TEXT,
                                                         empty=True),
@@ -301,7 +289,7 @@ def _model(spec: ModelSpec, state: object) -> nn.Module:
     extra = [k for k in state if k not in expected]
     if missing or extra:
         raise _bad(f"its weights do not match its architecture (missing: {', '.join(missing[:3]) or 'none'}; "
-                   f"unexpected: {', '.join(_show(k) for k in extra[:3]) or 'none'})")
+                   f"unexpected: {', '.join(text.brief(k) for k in extra[:3]) or 'none'})")
     for k, want in expected.items():
         got = state[k]
         # Shape first: a tensor in a file can be a huge zero-stride view of a few bytes, so nothing else is looked
@@ -309,7 +297,7 @@ def _model(spec: ModelSpec, state: object) -> nn.Module:
         if not isinstance(got, torch.Tensor) or got.layout != torch.strided or got.shape != want.shape or \
                 got.dtype != want.dtype:
             raise _bad(f"the weights '{k}' must be a {str(want.dtype).removeprefix('torch.')} tensor of shape "
-                       f"{tuple(want.shape)}, got {_show(got)}")
+                       f"{tuple(want.shape)}, got {text.brief(got)}")
         if got.is_floating_point() and not bool(torch.isfinite(got).all()):
             raise _bad(f"the weights '{k}' hold infinite or missing (NaN) values")
         if k.endswith("running_var") and bool((got < 0).any()):
@@ -351,7 +339,7 @@ def _rows(v: object, what: str, limit: int, keys: tuple[str, ...], fractions: tu
             raise _bad(f"{where} must hold {', '.join(keys)}")
         for k, x in row.items():
             if type(k) is not str or len(k) > 40:
-                raise _bad(f"{where} has a field named {_show(k)}")
+                raise _bad(f"{where} has a field named {text.brief(k)}")
             if k == "step":
                 _whole(x, f"{where}: 'step'", 0, MAX_STEP)
             else:
@@ -366,7 +354,7 @@ def _history(d: object) -> History:
     d = _mapping(d, "its training history")
     status = d.get("status", "not started")
     if type(status) is not str or status not in STATUSES:
-        raise _bad(f"its training status must be one of {', '.join(STATUSES)}, got {_show(status)}")
+        raise _bad(f"its training status must be one of {', '.join(STATUSES)}, got {text.brief(status)}")
     fields = dict(
         steps=_rows(d.get("steps", []), "its training steps", MAX_STEPS, ("step", "epoch", "loss", "acc", "lr"),
                     ("acc",)),
@@ -393,11 +381,11 @@ def _frames(d: object, shape: tuple[int, ...]) -> list[tuple[int, torch.Tensor]]
     for step, w in zip(steps, weights):
         if type(step) is not int or not (frames[-1][0] if frames else -1) < step <= MAX_STEP:
             raise _bad(f"the steps of its filter history must be whole numbers from 0 to {MAX_STEP:,} in increasing "
-                       f"order, got {_show(step)}")
+                       f"order, got {text.brief(step)}")
         if not isinstance(w, torch.Tensor) or w.layout != torch.strided or tuple(w.shape) != shape or \
                 not w.is_floating_point():
             raise _bad(f"the filters of step {step} must be a float tensor of shape {shape} like the model's first "
-                       f"layer, got {_show(w)}")
+                       f"layer, got {text.brief(w)}")
         w = w.detach().to(torch.float32).clone(memory_format=torch.contiguous_format)
         if not bool(torch.isfinite(w).all()):
             raise _bad(f"the filters of step {step} hold infinite or missing (NaN) values")

@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from cnnviz import text
+
 
 class SpecError(ValueError):
     """An architecture that cannot work; the message names the layer and the reason."""
@@ -80,10 +82,10 @@ class ModelSpec:
         """A checked spec from plain data (JSON, a checkpoint); :class:`SpecError` names the first field that is
         unknown, missing, of the wrong type or beyond the limits."""
         if not isinstance(d, dict):
-            raise SpecError(f"a model spec must be a mapping of fields, got {_show(d)}")
+            raise SpecError(f"a model spec must be a mapping of fields, got {text.brief(d)}")
         blocks = d.get("blocks", [])
         if not isinstance(blocks, list):
-            raise SpecError(f"'blocks' must be a list of conv blocks, got {_show(blocks)}")
+            raise SpecError(f"'blocks' must be a list of conv blocks, got {text.brief(blocks)}")
         if len(blocks) > MAX_BLOCKS:  # before looking at each one: the list may be long
             raise SpecError(f"a model may have at most {MAX_BLOCKS} conv blocks, got {len(blocks)}")
         spec = cls(**_values(cls, {k: v for k, v in d.items() if k != "blocks"}, _SPEC_RULES, ""),
@@ -171,31 +173,20 @@ _SPEC_RULES = {
 }
 
 
-def _show(v: object) -> str:
-    """A short description of a value from outside, for an error message (never the whole of a long value)."""
-    if type(v) is int and v.bit_length() > 64:
-        return "a very large whole number"
-    if isinstance(v, (bool, int, float, type(None))):
-        return repr(v)
-    if isinstance(v, str):
-        return repr(v) if len(v) <= 40 else repr(v[:40]) + "…"
-    return f"a {type(v).__name__}"
-
-
 def _require(rule: _Rule, v: object, where: str) -> None:
     if not rule.accepts(v):
-        raise SpecError(f"{where} must be {rule}, got {_show(v)}")
+        raise SpecError(f"{where} must be {rule}, got {text.brief(v)}")
 
 
 def _values(cls: type, d: object, rules: dict[str, _Rule], where: str) -> dict:
     """The keyword arguments of ``cls`` from the mapping ``d``, refusing unknown and missing fields (their values are
     checked by :func:`check`)."""
     if not isinstance(d, dict):
-        raise SpecError(f"{where}expected a mapping of fields, got {_show(d)}")
+        raise SpecError(f"{where}expected a mapping of fields, got {text.brief(d)}")
     names = {f.name for f in fields(cls)}
     for k in d:
         if k not in names:
-            raise SpecError(f"{where}unknown field {_show(k)}; the fields are {', '.join(sorted(names))}")
+            raise SpecError(f"{where}unknown field {text.brief(k)}; the fields are {', '.join(sorted(names))}")
     for f in fields(cls):
         if f.name in rules and f.name not in d and f.default is MISSING and f.default_factory is MISSING:
             raise SpecError(f"{where}'{f.name}' is missing")
@@ -204,7 +195,7 @@ def _values(cls: type, d: object, rules: dict[str, _Rule], where: str) -> dict:
 
 def _check_block(b: object, number: int) -> None:
     if not isinstance(b, ConvBlock):
-        raise SpecError(f"block {number}: expected a conv block, got {_show(b)}")
+        raise SpecError(f"block {number}: expected a conv block, got {text.brief(b)}")
     for name, rule in _BLOCK_RULES.items():
         _require(rule, getattr(b, name), f"block {number}: '{name}'")
 
@@ -213,10 +204,10 @@ def block_from_row(row: object, number: int) -> ConvBlock:
     """A checked :class:`ConvBlock` from a table row (cells may be numpy scalars, and whole numbers may come as
     floats); raise :class:`SpecError` naming the row and the field that is empty, unknown or wrong."""
     if not isinstance(row, dict):
-        raise SpecError(f"block {number}: expected a row of values, got {_show(row)}")
+        raise SpecError(f"block {number}: expected a row of values, got {text.brief(row)}")
     for k in row:
         if k not in _BLOCK_RULES:
-            raise SpecError(f"block {number}: unknown column {_show(k)}")
+            raise SpecError(f"block {number}: unknown column {text.brief(k)}")
     values = {}
     for name, rule in _BLOCK_RULES.items():
         v = row.get(name)
@@ -277,11 +268,11 @@ def _plan(spec: ModelSpec) -> tuple[_Plan, SpecCost]:
     """Each layer of ``spec`` (its row of the architecture table and how to make it) and the spec's cost, worked out
     from the numbers alone: nothing is built, so a spec beyond the limits costs nothing to refuse."""
     if not isinstance(spec, ModelSpec):
-        raise SpecError(f"expected a model spec, got {_show(spec)}")
+        raise SpecError(f"expected a model spec, got {text.brief(spec)}")
     for name, rule in _SPEC_RULES.items():
         _require(rule, getattr(spec, name), f"'{name}'")
     if not isinstance(spec.blocks, list):
-        raise SpecError(f"'blocks' must be a list of conv blocks, got {_show(spec.blocks)}")
+        raise SpecError(f"'blocks' must be a list of conv blocks, got {text.brief(spec.blocks)}")
     if not spec.blocks:
         raise SpecError("a CNN needs at least one conv block; add a row to the table")
     if len(spec.blocks) > MAX_BLOCKS:

@@ -30,3 +30,17 @@ def mpl(text: object) -> str:
 def plotly(text: object) -> str:
     """``text`` for a Plotly label or hover text: HTML special characters as entities, control characters as spaces."""
     return html.escape(_CONTROL.sub(" ", str(text)), quote=False)
+
+
+def brief(value: object) -> str:
+    """A short description of a value from outside, for an error message (never the whole of a long value)."""
+    if type(value) is int and value.bit_length() > 64:
+        return "a very large whole number"
+    if isinstance(value, (bool, int, float, type(None))):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else repr(value[:40]) + "…"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # a tensor or an array
+        kind = "array" if type(value).__name__ == "ndarray" else "tensor"
+        return f"a {str(value.dtype).removeprefix('torch.')} {kind} of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"

@@ -70,3 +70,12 @@ def test_charts_escape_class_names():
     assert "<a" not in "".join(fig.data[0].y) and "&lt;a" in "".join(fig.data[0].y)
     cm = charts.confusion_matrix(torch.tensor([[1, 0], [0, 1]]), names)
     assert all("<a" not in n for n in cm.data[0].x)
+
+
+def test_brief_describes_without_quoting_everything():
+    import torch
+
+    assert text.brief(3) == "3" and text.brief(10**30) == "a very large whole number"
+    assert text.brief("x" * 100) == repr("x" * 40) + "…"
+    assert text.brief(torch.zeros(2, 3, dtype=torch.float64)) == "a float64 tensor of shape (2, 3)"
+    assert text.brief({"a": 1}) == "a dict"
