@@ -21,7 +21,7 @@ from typing import BinaryIO
 import torch
 from torch import nn
 
-from cnnviz import text
+from cnnviz import files, text
 from cnnviz.data import DATASETS, DatasetInfo
 from cnnviz.models import IMAGE_SIZES, NUM_CLASSES, PRESETS, ModelSpec, SpecError, build
 from cnnviz.train import History
@@ -116,38 +116,24 @@ def _too_big(n_bytes: int) -> CheckpointError:
 
 def _read(source: object) -> bytes:
     """The bytes of ``source``, refusing more than :data:`MAX_BYTES` without reading them all into memory."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) > MAX_BYTES:
-            raise _too_big(len(source))
-        return bytes(source)
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, "rb") as f:
-                return _read(f)
-        except FileNotFoundError:
-            raise CheckpointError(f"There is no file at {os.fspath(source)}.") from None
-        except OSError as e:
+    path = isinstance(source, (str, os.PathLike))
+    try:
+        return files.read_capped(source, MAX_BYTES)
+    except files.TooBig as e:
+        if e.size is not None:
+            raise _too_big(e.size) from None
+        raise CheckpointError(f"The file is larger than the limit of {MAX_BYTES // MB} MB for a model file.") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"There is no file at {os.fspath(source)}.") from None
+    except OSError as e:
+        if path:
             raise CheckpointError(f"Could not open {os.fspath(source)}: {e.strerror or e}.") from None
-    if not callable(getattr(source, "read", None)):
-        raise CheckpointError(f"Expected a path, bytes or a binary file to read a model from, got a "
-                              f"{type(source).__name__}.")
-    try:
-        here = source.tell()
-        left = source.seek(0, io.SEEK_END) - here
-        source.seek(here)
-    except (AttributeError, OSError, ValueError):  # a pipe or socket: no size up front
-        left = None
-    if left is not None and left > MAX_BYTES:
-        raise _too_big(left)
-    try:
-        data = source.read(MAX_BYTES + 1)
-    except (OSError, ValueError) as e:
         raise CheckpointError(f"Could not read the file: {e}.") from None
-    if not isinstance(data, (bytes, bytearray)):
-        raise CheckpointError("Could not read the file: it was opened as text, not as bytes.")
-    if len(data) > MAX_BYTES:
-        raise CheckpointError(f"The file is larger than the limit of {MAX_BYTES // MB} MB for a model file.")
-    return bytes(data)
+    except TypeError as e:
+        if callable(getattr(source, "read", None)):
+            raise CheckpointError("Could not read the file: it was opened as text, not as bytes.") from None
+        raise CheckpointError(f"Expected a path, bytes or a binary file to read a model from, got a "
+                              f"{type(source).__name__}.") from e
 
 
 def _unpack(raw: bytes) -> object:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
+from cnnviz import files
 from cnnviz.data import DatasetInfo, denormalize, normalize
 
 log = logging.getLogger(__name__)
@@ -146,28 +147,15 @@ def prepare(
 
 def _read(source: bytes | str | os.PathLike | BinaryIO) -> bytes:
     """The bytes of ``source``, refusing more than :data:`MAX_BYTES` without reading them all into memory."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) > MAX_BYTES:
-            raise ImageError(_too_big(len(source)))
-        return bytes(source)
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, "rb") as f:
-                return _read(f)
-        except OSError as e:
-            raise ImageError(f"Could not open {os.fspath(source)}: {e.strerror or e}.") from None
     try:
-        here = source.tell()
-        left = source.seek(0, io.SEEK_END) - here
-        source.seek(here)
-    except (AttributeError, OSError, ValueError):  # a pipe or socket: no size up front
-        left = None
-    if left is not None and left > MAX_BYTES:
-        raise ImageError(_too_big(left))
-    data = source.read(MAX_BYTES + 1)
-    if len(data) > MAX_BYTES:
-        raise ImageError(f"The file is larger than the limit of {MAX_BYTES / MB:g} MB.")
-    return data
+        return files.read_capped(source, MAX_BYTES)
+    except files.TooBig as e:
+        raise ImageError(_too_big(e.size) if e.size is not None
+                         else f"The file is larger than the limit of {MAX_BYTES / MB:g} MB.") from None
+    except OSError as e:
+        if isinstance(source, (str, os.PathLike)):
+            raise ImageError(f"Could not open {os.fspath(source)}: {e.strerror or e}.") from None
+        raise ImageError(f"Could not read the file: {e}.") from None
 
 
 def _too_big(n_bytes: int) -> str:
