@@ -32,15 +32,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(timeout: float = 90.0):
-    """Start ``streamlit run app.py`` and yield its URL once its health check answers."""
+def served(command: list[str], cwd: Path = ROOT, env: dict | None = None, timeout: float = 90.0):
+    """Start ``command`` (which must serve on the port given by ``{port}`` in it) and yield ``(process, url)`` once
+    its health check answers."""
     port = free_port()
-    env = {**os.environ, "CNNVIZ_MAX_JOBS": "2"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    log = tempfile.TemporaryFile()  # not a pipe: a server that logs much would block once a pipe's buffer is full
+    proc = subprocess.Popen([part.format(port=port) for part in command], cwd=cwd, env={**os.environ, **(env or {})},
+                            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -52,16 +50,28 @@ def streamlit_server(timeout: float = 90.0):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                raise RuntimeError(f"streamlit did not start:\n{out[-3000:]}")
+                proc.kill()
+                log.seek(0)
+                out = log.read().decode(errors="replace")
+                raise RuntimeError(f"the app did not start:\n{out[-3000:]}")
             time.sleep(0.3)
-        yield url
+        yield proc, url
     finally:
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
+
+
+@contextlib.contextmanager
+def streamlit_server(timeout: float = 90.0):
+    """Start ``streamlit run app.py`` and yield its URL once its health check answers."""
+    with served([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", "{port}",
+                 "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType",
+                 "none"], env={"CNNVIZ_MAX_JOBS": "2"}, timeout=timeout) as (_, url):
+        yield url
 
 
 @contextlib.contextmanager

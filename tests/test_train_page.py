@@ -6,10 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
-from browser_support import CHROMIUM, assert_no_exception, browser_page, free_port, wait_until_idle
+from browser_support import CHROMIUM, assert_no_exception, browser_page, served, wait_until_idle
 from cnnviz import charts
 from cnnviz.train import History
 
@@ -155,27 +153,9 @@ def _training_processes(server: int) -> list[int]:
 @contextlib.contextmanager
 def _served(cwd: Path, timeout: float = 120):
     """``python -m cnnviz.cli app`` (what ``make run`` starts), from ``cwd``: the process and its URL."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cnnviz.cli", "app", "--port", str(port)], cwd=cwd,
-                            env={**os.environ, "CNNVIZ_MAX_JOBS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the app did not start"
-                time.sleep(0.3)
+    with served([sys.executable, "-m", "cnnviz.cli", "app", "--port", "{port}"], cwd=cwd,
+                env={"CNNVIZ_MAX_JOBS": "1"}, timeout=timeout) as (proc, url):
         yield proc, url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.mark.browser
