@@ -25,6 +25,32 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
 class Options:
     quick: bool = False  # a smoke run: smaller workloads, targets shown but not judged where the workload differs
     data_dir: Path | None = None  # --data-dir
+    mnist_cap: float | None = None  # --mnist-cap: training seconds each run to 99 % may use (None: the default)
+    device: str = "cpu"  # --device, resolved: where mnist-to-99 and gradcam-libs run ("cpu" or "cuda")
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` → ``cuda`` when PyTorch sees a GPU, else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: PyTorch sees no CUDA device here")
+    return name
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work, so that a clock read after it counts that work (a no-op on a CPU)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def progress(text: str) -> None:
+    """A progress line of a long section, on stderr (stdout may hold the JSON report)."""
+    print(f"  … {text}", file=sys.stderr, flush=True)
 
 
 def mnist_dir(options: Options) -> tuple[Path | None, list[Path]]:

@@ -21,7 +21,7 @@ class Target:
         return x >= self.value if self.op == ">=" else x <= self.value
 
     def text(self, unit: str) -> str:
-        return f"{'≥' if self.op == '>=' else '≤'} {self.value:g}{_space(unit)}{unit}"
+        return f"{'≥' if self.op == '>=' else '≤'} {self.value:g}{_suffix(unit)}"
 
 
 def at_least(value: float) -> Target:
@@ -45,10 +45,14 @@ class Row:
 
     @property
     def verdict(self) -> str:
-        if self.target is None or self.value is None:
+        """PASS or MISS against the target; a figure that could not be measured (None, NaN) misses it. "" without
+        a target, "(quick)" where the target was not judged."""
+        if self.target is None:
             return ""
         if not self.checked:
             return "(quick)"
+        if self.value is None or math.isnan(self.value):
+            return "MISS"
         return "PASS" if self.target.met(self.value) else "MISS"
 
     def to_dict(self) -> dict:
@@ -74,18 +78,21 @@ class Result:
 
 # How many decimals each unit gets; values are stored unrounded.
 _FORMATS = {"%": "{:.2f}", "s": "{:.2f}", "ms": "{:.1f}", "img/s": "{:,.0f}", "MB": "{:,.0f}", "×": "{:.2f}",
-            "pp": "{:+.2f}", "": "{:g}"}
+            "pp": "{:+.2f}", "MFLOP": "{:,.2f}", "GFLOP/s": "{:,.1f}", "r": "{:.6f}", "": "{:g}"}
+_UNSHOWN = ("", "r")  # units not written after the number ("r": a correlation coefficient)
 NAME_W, VALUE_W, TARGET_W = 56, 12, 12
 
 
 def fmt(value: float | None, unit: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    return _FORMATS.get(unit, "{:g}").format(value) + _space(unit) + unit
+    return _FORMATS.get(unit, "{:g}").format(value) + _suffix(unit)
 
 
-def _space(unit: str) -> str:
-    return "" if unit in ("", "×") else " "
+def _suffix(unit: str) -> str:
+    if unit in _UNSHOWN:
+        return ""
+    return unit if unit == "×" else f" {unit}"
 
 
 def header(section: str, load: float) -> str:

@@ -5,6 +5,7 @@ The back end never imports Streamlit; the app (``app.py``, ``pages/``) and ``cnn
 
 from cnnviz.checkpoint import Checkpoint, CheckpointError
 from cnnviz.checkpoint import load as load_checkpoint
+from cnnviz.ui.launch import show
 
 __version__ = "0.1.0"
-__all__ = ["Checkpoint", "CheckpointError", "load_checkpoint", "__version__"]
+__all__ = ["Checkpoint", "CheckpointError", "load_checkpoint", "show", "__version__"]

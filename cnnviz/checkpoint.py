@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from cnnviz import files, text
-from cnnviz.data import DATASETS, DatasetInfo
+from cnnviz.data import DATASETS, DatasetInfo, is_own
+from cnnviz.images import RESIZE_POLICIES
 from cnnviz.models import IMAGE_SIZES, NUM_CLASSES, PRESETS, ModelSpec, SpecError, build
 from cnnviz.train import History
 
@@ -227,13 +228,14 @@ def _checkpoint(payload: object) -> Checkpoint:
 
 
 def _dataset(d: object, spec: ModelSpec) -> DatasetInfo:
-    """The dataset description, checked against the registered dataset of that name and against the spec."""
+    """The dataset description, checked against the spec, and against the registered dataset of that name when it is
+    a built-in one; a dataset of a user's own images (``yours-…``) is checked field by field alone."""
     d = _mapping(d, "its dataset description")
     name = d.get("name")
-    if type(name) is not str or name not in DATASETS:
-        raise CheckpointError(f"This model was trained on {text.brief(name)}, a dataset this version of cnnviz does not "
-                              f"know ({', '.join(DATASETS)}).")
-    known = DATASETS[name]
+    if not (type(name) is str and (name in DATASETS or is_own(name))):
+        raise CheckpointError(f"This model was trained on {text.brief(name)}, a dataset this version of cnnviz does "
+                              f"not know ({', '.join(DATASETS)}, or your own images).")
+    known = DATASETS.get(name)
     names = _sequence(d.get("class_names"), "its class names", limit=NUM_CLASSES[1])
     names = tuple(_text(n, f"class name {i + 1}", MAX_CLASS_NAME) for i, n in enumerate(names))
     if len(set(names)) != len(names):
@@ -244,7 +246,7 @@ def _dataset(d: object, spec: ModelSpec) -> DatasetInfo:
         raise CheckpointError("This cnnviz model file is inconsistent: its classes do not match its output layer.")
     if (spec.in_channels, spec.image_size) != (channels, size):
         raise CheckpointError("This cnnviz model file is inconsistent: its input shape does not match its dataset.")
-    if (channels, size, len(names)) != (known.channels, known.size, known.num_classes):
+    if known and (channels, size, len(names)) != (known.channels, known.size, known.num_classes):
         # The app measures and shows the model on that dataset's images: they must fit it.
         raise CheckpointError(
             f"This cnnviz model file is inconsistent: {known.title} has {known.num_classes} classes of "
@@ -254,16 +256,21 @@ def _dataset(d: object, spec: ModelSpec) -> DatasetInfo:
                  for i, m in enumerate(_sequence(d.get("mean"), "its mean", channels)))
     std = tuple(_number(s, f"the standard deviation of channel {i + 1}", MIN_STD, 1)
                 for i, s in enumerate(_sequence(d.get("std"), "its standard deviation", channels)))
-    invert = d.get("invert", known.invert)
+    default = known or DatasetInfo(name, "", names, channels, size, mean, std)  # the field defaults of a dataset
+    invert = d.get("invert", default.invert)
     if type(invert) is not bool:
         raise _bad(f"'invert' must be true or false, got {text.brief(invert)}")
-    preset = d.get("preset", known.preset)
+    preset = d.get("preset", default.preset)
     if type(preset) is not str or preset not in PRESETS:
         raise _bad(f"its preset must be one of {', '.join(PRESETS)}, got {text.brief(preset)}")
+    resize = d.get("resize", default.resize)  # files from before resize policies were recorded lack it
+    if type(resize) is not str or resize not in RESIZE_POLICIES:
+        raise _bad(f"its resize policy must be one of {', '.join(RESIZE_POLICIES)}, got {text.brief(resize)}")
     return DatasetInfo(name, _text(d.get("title"), "its dataset title", MAX_TITLE), names, channels, size, mean, std,
                        invert=invert, description=_text(d.get("description", ""), "its description", MAX_TEXT,
                                                         empty=True),
-                       epochs=_whole(d.get("epochs", known.epochs), "its number of epochs", 1, 1_000), preset=preset)
+                       epochs=_whole(d.get("epochs", default.epochs), "its number of epochs", 1, 1_000), preset=preset,
+                       resize=resize)
 
 
 def _model(spec: ModelSpec, state: object) -> nn.Module:

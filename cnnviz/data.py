@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,9 @@ class DatasetInfo:
     description: str = ""
     epochs: int = 2  # a good default: enough for a good model, few enough to train in seconds on a CPU
     preset: str = "tiny"  # the architecture (models.PRESETS) the app and CLI start from
+    resize: str = "squash"  # how images of another shape become size×size (images.RESIZE_POLICIES)
+    # ImageNet models: resize the shorter side to this, then cut the centre ``size`` square (0: not used).
+    resize_to: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -71,6 +76,30 @@ class Split:
     def _take(self, idx: torch.Tensor) -> "Split":
         masks = self.masks[idx] if self.masks is not None else None
         return Split(self.info, self.x[idx], self.y[idx], masks)
+
+
+@dataclass
+class Skipped:
+    """A file of a user's dataset that was not used: its path inside the folder or zip, and why, in words."""
+
+    name: str  # outside text: escape it (cnnviz.text) before showing it
+    reason: str
+
+
+@dataclass
+class Loaded:
+    """A dataset of a user's own images (:func:`from_folder`, :func:`from_images`): a training split (the training
+    code holds its validation part out of it with :func:`holdout`), a held-out test split, the files that were
+    skipped and warnings in plain words (e.g. a class with too few images to test)."""
+
+    train: Split
+    test: Split
+    skipped: list[Skipped]
+    warnings: list[str]
+
+    @property
+    def info(self) -> DatasetInfo:
+        return self.train.info
 
 
 def holdout(split: Split, n_train: int | None, n_val: int, seed: int) -> tuple[Split, Split]:
@@ -177,6 +206,71 @@ def load(name: str, train: bool = True, data_dir: str | Path | None = None, seed
         x, y, masks = shapes.generate(n, seed=seed * 2 + stream)
         return Split(ds_info, x, y, masks)
     return _load_torchvision(ds_info, train, Path(data_dir) if data_dir else default_data_dir())
+
+
+# A dataset of a user's own images is named for its content ("yours-" and 12 hex digits), so caches keyed on the name
+# never mix two datasets, and a checkpoint can say which kind of dataset it was trained on.
+OWN_NAME = re.compile(r"yours-[0-9a-f]{12}")
+
+
+def is_own(name: object) -> bool:
+    """Whether ``name`` is the name of a dataset of a user's own images (``yours-`` and 12 hex digits)."""
+    return isinstance(name, str) and OWN_NAME.fullmatch(name) is not None
+
+
+def from_folder(
+    source: str | os.PathLike | bytes,
+    *,
+    size: int = 32,
+    channels: int = 3,
+    resize: str = "squash",
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    title: str | None = None,
+) -> Loaded:
+    """A dataset of your own images: a folder of class folders (``cats/…``, ``dogs/…``), a ``.zip`` path or the
+    bytes of a zip (a browser upload). Class folders may sit inside one top folder (``photos/cats/…``).
+
+    Every image is read by :func:`cnnviz.images.load` (all its checks hold), resized to ``size×size`` by the
+    ``resize`` policy of :data:`cnnviz.images.RESIZE_POLICIES` and made grey or colour (``channels`` 1 or 3): uint8
+    ``(N, channels, size, size)`` like the built-in datasets, ``size`` from 8 to ``folders.MAX_SIZE`` (64). Classes
+    are the folder names, sorted as ``torchvision.datasets.ImageFolder`` sorts them. A stratified ``test_fraction``
+    (above 0, at most 0.5) is held out for testing, the same for the same ``seed``; mean and std come from the
+    training part. ``title`` defaults to the folder's or zip's name.
+
+    A file that cannot be used is listed in ``Loaded.skipped`` with its reason and does not stop the others; hidden
+    files (``.DS_Store``, ``__MACOSX/``, ``._x.jpg``) are ignored. The CLI prints ``loaded.skipped``; a page shows
+    them. Raises :class:`DatasetError`, with a message to show as it is, for a dataset that cannot be used: fewer than
+    2 classes, a class with fewer than ``folders.MIN_PER_CLASS`` (5) usable images, more than ``folders.MAX_IMAGES``
+    (5,000) images or ``folders.MAX_BYTES`` (200 MB), a zip bomb or too many entries, paths that lead out of the
+    folder, symlinks, not a zip, class names that are too long, unprintable or the same twice. Raises ``ValueError``
+    for arguments out of range.
+    """
+    from cnnviz import folders  # it reads images through cnnviz.images, which needs this module first
+
+    return folders.load_source(source, size=size, channels=channels, resize=resize, seed=seed,
+                               test_fraction=test_fraction, title=title)
+
+
+def from_images(
+    classes: Mapping[str, Sequence[tuple[str, bytes]]],
+    *,
+    size: int = 32,
+    channels: int = 3,
+    resize: str = "squash",
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    title: str = "Your images",
+) -> Loaded:
+    """A dataset of classes made in the browser: class name → ``(file name, bytes)`` of each image.
+
+    Built, checked and refused exactly as :func:`from_folder` builds a folder (the class name stands for the folder);
+    skipped files are named ``class/file name``.
+    """
+    from cnnviz import folders  # see from_folder
+
+    return folders.load_classes(classes, size=size, channels=channels, resize=resize, seed=seed,
+                                test_fraction=test_fraction, title=title)
 
 
 def _load_torchvision(ds_info: DatasetInfo, train: bool, root: Path) -> Split:

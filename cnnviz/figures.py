@@ -53,17 +53,23 @@ def feature_grid(
     shared_scale: bool = True,
     cols: int | None = None,
     highlight: int | None = None,
+    channels: Sequence[int] | None = None,
+    of: int | None = None,
 ) -> Figure:
     """Feature maps ``(C, H, W)`` as one labelled tile per channel ("#0", "#1", …) with a colour bar.
 
     ``shared_scale`` puts every map on one colour scale (the layer's min to max, in activation values), so
     brightness can be compared across channels; otherwise each map is stretched to its own min–max, which shows
-    patterns in weak channels. ``highlight`` draws a box around one channel.
+    patterns in weak channels. ``highlight`` draws a box around one channel. ``channels`` gives each tile's channel
+    number when ``maps`` is a selection (a page of a 512-channel layer) out of ``of`` channels in all.
     """
     maps = _as_float(maps, "(C, H, W)", 3)
     c, h, w = maps.shape
+    numbers = _numbers(channels, c)
     if highlight is not None:
-        _check_index(highlight, c, "highlight")
+        if highlight not in numbers:
+            raise ValueError(f"highlight must be one of the channels shown, got {highlight}")
+        highlight = numbers.index(highlight)
     cols = _columns(c, cols)
     if shared_scale:
         lo, hi = float(maps.min()), float(maps.max())
@@ -78,7 +84,7 @@ def feature_grid(
         scaled[:, None], cols, tile_in, pad_value=float("nan"), extra_w=1.4, extra_h=0.9 + 0.3 * bool(title),
         cmap=_cmap(cmap, bad="white"), vmin=vmin, vmax=vmax,
     )
-    _label_tiles(ax, corners, highlight)
+    _label_tiles(ax, corners, highlight, numbers)
     if highlight is not None:
         x, y = corners[highlight]
         ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="red", linewidth=3))
@@ -88,12 +94,16 @@ def feature_grid(
     else:
         bar.set_ticks([0, 1], labels=["its min", "its max"])
         bar.set_label("activation (per map)", fontsize=FONT)
-    _titles(fig, ax, title, f"{c} feature maps of {h}×{w}\n{detail}")
+    shown = f"{c} feature maps" if of is None or of == c else f"{c} of its {of} feature maps"
+    _titles(fig, ax, title, f"{shown} of {h}×{w}\n{detail}")
     return fig
 
 
-def filter_grid(weights: Tensor, *, title: str = "", rgb: bool | None = None) -> Figure:
+def filter_grid(weights: Tensor, *, title: str = "", rgb: bool | None = None,
+                channels: Sequence[int] | None = None) -> Figure:
     """Conv filters ``(O, I, kh, kw)``: in colour for RGB inputs, else each filter's mean over its inputs.
+
+    ``channels`` gives each tile's filter number when ``weights`` is a selection (a page of a big layer).
 
     RGB (``I == 3`` unless ``rgb=False``): each filter is scaled symmetrically by its own largest ``|weight|`` so
     that 0 is grey, and a colour means the filter responds to that colour. Other layers: the mean over the input
@@ -101,6 +111,7 @@ def filter_grid(weights: Tensor, *, title: str = "", rgb: bool | None = None) ->
     """
     weights = _as_float(weights, "(O, I, kh, kw)", 4)
     o, i, kh, kw = weights.shape
+    numbers = _numbers(channels, o)
     if rgb is None:
         rgb = i == 3
     elif rgb and i != 3:
@@ -130,8 +141,31 @@ def filter_grid(weights: Tensor, *, title: str = "", rgb: bool | None = None) ->
     # Frames: a kernel's near-zero (white) edge would otherwise melt into the white background.
     frames = [Rectangle((x - 0.5, y - 0.5), kw * zoom, kh * zoom) for x, y in corners]
     ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="0.6", linewidth=0.8))
-    _label_tiles(ax, corners)
+    _label_tiles(ax, corners, numbers=numbers)
     _titles(fig, ax, title, detail)
+    return fig
+
+
+def channel_bars(mean: Tensor, peak: Tensor, *, highlight: int | None = None, title: str = "") -> Figure:
+    """Each channel's mean and max activation ``(C,)`` as bars against the channel number, ``highlight`` in red."""
+    mean, peak = _as_float(mean, "(C,)", 1), _as_float(peak, "(C,)", 1)
+    if mean.shape != peak.shape:
+        raise ValueError(f"expected two (C,) tensors of one shape, got {tuple(mean.shape)} and {tuple(peak.shape)}")
+    c = len(mean)
+    fig = _figure(9, 2.6)
+    ax = fig.add_subplot()
+    x = np.arange(c)
+    ax.bar(x, peak.numpy(), width=1.0 if c > 64 else 0.8, color="#9ecae1", label="max")
+    ax.bar(x, mean.numpy(), width=1.0 if c > 64 else 0.8, color="#1f77b4", label="mean")
+    if highlight is not None:
+        _check_index(highlight, c, "highlight")
+        ax.axvline(highlight, color="red", linewidth=1.5, label=f"#{highlight}")
+    ax.set_xlim(-0.5, c - 0.5)
+    ax.set_xlabel("channel", fontsize=FONT)
+    ax.set_ylabel("activation", fontsize=FONT)
+    ax.legend(fontsize=FONT, loc="upper right", ncols=3)
+    if title:
+        ax.set_title(title, fontsize=TITLE_FONT)
     return fig
 
 
@@ -440,13 +474,24 @@ def _mosaic_figure(
     return fig, ax, corners
 
 
-def _label_tiles(ax: Axes, corners: list[tuple[int, int]], highlight: int | None = None) -> None:
-    """"#0", "#1", … in the band above each tile, just clear of its one-pixel frame."""
+def _label_tiles(ax: Axes, corners: list[tuple[int, int]], highlight: int | None = None,
+                 numbers: Sequence[int] | None = None) -> None:
+    """"#0", "#1", … (or the given channel numbers) in the band above each tile, just clear of its frame."""
     for i, (x, y) in enumerate(corners):
-        label = ax.text(x - 0.5, y - 0.5 - PAD_PX, f"#{i}", ha="left", va="bottom", fontsize=FONT,
+        label = ax.text(x - 0.5, y - 0.5 - PAD_PX, f"#{numbers[i] if numbers is not None else i}", ha="left", va="bottom", fontsize=FONT,
                         color="red" if i == highlight else "black", fontweight="bold" if i == highlight else "normal")
         # Inside the image anyway; measuring hundreds of labels for the layout would double the drawing time.
         label.set_in_layout(False)
+
+
+def _numbers(channels: Sequence[int] | None, n: int) -> list[int]:
+    """The channel number of each of ``n`` tiles: ``channels`` checked against ``n``, else ``0 … n-1``."""
+    if channels is None:
+        return list(range(n))
+    numbers = [int(c) for c in channels]
+    if len(numbers) != n:
+        raise ValueError(f"expected one channel number per tile ({n}), got {len(numbers)}")
+    return numbers
 
 
 def _bar_shrink(fig: Figure) -> float:

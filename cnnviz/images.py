@@ -122,8 +122,16 @@ def prepare(
     size = dataset.size
     steps = [Step(f"Original ({image.width}×{image.height})", _shown(image))]
 
-    if image.size != (size, size):
-        image = _resize(image, size, resize)
+    if dataset.resize_to and resize == "crop":
+        # How ImageNet models are evaluated (torchvision's weights.transforms()): shorter side to resize_to, then
+        # the centre square; torchvision does both on PIL images with the same antialiasing.
+        if min(image.size) != dataset.resize_to:
+            image = TF.resize(image, dataset.resize_to, interpolation=TF.InterpolationMode.BILINEAR)
+            steps.append(Step(f"Shorter side resized to {dataset.resize_to} ({image.width}×{image.height})", image))
+        image = TF.center_crop(image, [size, size])
+        steps.append(Step(f"Centre {size}×{size} cut out", image))
+    elif image.size != (size, size):
+        image = to_square(image, size, resize)
         steps.append(Step(f"Resized to {size}×{size} ({resize})", image))
 
     if dataset.channels == 1 and image.mode == "RGB":
@@ -192,12 +200,12 @@ def _shown(image: Image.Image) -> Image.Image:
     if max(image.size) <= SHOWN_MAX:
         return image
     scale = SHOWN_MAX / max(image.size)
-    # A very thin image (1×2000) must keep at least one pixel across, as in _resize. This copy is only looked at, so
+    # A very thin image (1×2000) must keep at least one pixel across, as in to_square(). This copy is only looked at, so
     # Pillow may first shrink by whole factors (reducing_gap): three times faster on a 12-megapixel photo.
     return image.resize(tuple(max(1, round(side * scale)) for side in image.size), RESAMPLE, reducing_gap=2.0)
 
 
-def _resize(image: Image.Image, size: int, policy: str) -> Image.Image:
+def to_square(image: Image.Image, size: int, policy: str) -> Image.Image:
     """``image`` resized to ``size×size`` by a policy of :data:`RESIZE_POLICIES`."""
     if policy == "squash":
         return image.resize((size, size), RESAMPLE)

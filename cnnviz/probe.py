@@ -251,6 +251,13 @@ def channel_stats(t: Tensor) -> dict[str, Tensor]:
     }
 
 
+def busiest(maps: Tensor) -> Tensor:
+    """Channel numbers of a feature map ``(C, H, W)``, most active (highest mean activation) first, ``(C,)``."""
+    if maps.ndim != 3:
+        raise ValueError(f"expected a (C, H, W) tensor, got {tuple(maps.shape)}")
+    return maps.detach().float().flatten(1).mean(dim=1).argsort(descending=True, stable=True)
+
+
 def _leaves(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     return ((name, module) for name, module in model.named_modules() if next(module.children(), None) is None)
 

@@ -50,6 +50,7 @@ class TrainConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     augment: bool = False  # small random shifts, rotations and zooms of each training image
+    flips: bool = False  # with augment: mirror half the images left to right (only where the classes allow it)
     seed: int = 0
     min_steps: int = 300
     max_steps: int | None = None  # hard cap, for quick demos and tests
@@ -118,14 +119,18 @@ class Evaluation:
     mistakes: torch.Tensor  # (M,) indices of the misclassified examples, most confident mistakes first
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random affine per image (±10°, ×0.9–1.1, ±10 % shift) of a normalised batch ``(N, C, H, W)``."""
+def _augment(x: torch.Tensor, gen: torch.Generator, flips: bool = False) -> torch.Tensor:
+    """Random affine per image (±10°, ×0.9–1.1, ±10 % shift, and a left-right mirror for half of them when
+    ``flips``) of a normalised batch ``(N, C, H, W)``."""
     n = x.shape[0]
     angle = (torch.rand(n, generator=gen) - 0.5) * math.radians(20)
     scale = 0.9 + 0.2 * torch.rand(n, generator=gen)
     shift = (torch.rand(n, 2, generator=gen) - 0.5) * 0.2
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    if flips:  # x_in = -x_out: the first column of each (2, 3) matrix changes sign
+        mirror = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+        theta[:, :, 0] *= mirror[:, None]
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     # Pad with the image's border so shifted-in pixels look like background, not like a black frame.
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
@@ -192,7 +197,7 @@ def fit(
                 idx = order[i: i + config.batch_size]
                 x, y = normalize(train.x[idx], info), train.y[idx]
                 if config.augment:
-                    x = _augment(x, gen)
+                    x = _augment(x, gen, config.flips)
                 x = x.contiguous(memory_format=torch.channels_last)
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)

@@ -11,7 +11,7 @@ st.markdown("A convolution layer slides each of its filters over its input. At e
             "numbers under the filter by the filter's weights, adds them all up, adds a bias — and that single "
             "number is one cell of a feature map. Pick a cell and see it computed.")
 sm = state.current()
-model, info = sm.ckpt.model, sm.ckpt.info
+model, info = sm.model, sm.info
 presenter = st.session_state.get("presenter", False)
 
 with st.sidebar if presenter else st.expander("Image", icon=":material/image:", expanded=False):
@@ -19,7 +19,7 @@ with st.sidebar if presenter else st.expander("Image", icon=":material/image:", 
 if picked is None:
     st.info("Pick an image in the Image box above to start.", icon=":material/arrow_upward:")
     st.stop()
-ins = cache.inspection(model, sm.model_id, info, picked.data, "squash", None)
+ins = cache.inspection(model, sm.model_id, info, picked.data, "crop" if info.resize_to else "squash", None)
 
 SHARED = links.CONVOLUTION
 links.restore(SHARED)

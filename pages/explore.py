@@ -1,6 +1,5 @@
 """Explore: one image through the current model — preprocessing, prediction, filters, feature maps, pooling, Grad-CAM."""
 
-import pandas as pd
 import streamlit as st
 
 from cnnviz import charts, explain, figures, gradcam, images, probe
@@ -10,7 +9,7 @@ from cnnviz.ui.cache import figure_png
 
 st.title("Explore an image")
 sm = state.current()
-model, info = sm.ckpt.model, sm.ckpt.info
+model, info = sm.model, sm.info
 st.caption(f"Looking inside {widgets.model_summary(sm)}")
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "saliency": "Saliency"}
 SHARED = links.EXPLORE
@@ -20,12 +19,20 @@ links.valid("explore_invert", ["auto", "on", "off"])
 
 # --- pick -------------------------------------------------------------------------------------------------------
 # The image-source pills do not wrap: at 1024 px (a projector, sidebar open) a third of the page clips "Camera".
+# Each model starts from the resize its data was made with (ImageNet models: the centre crop, as torchvision's own
+# transforms do); a link's value holds for the model the link opens with.
+if "_explore_resize_for" in st.session_state and st.session_state._explore_resize_for != sm.model_id:
+    st.session_state.explore_resize = info.resize
+st.session_state._explore_resize_for = sm.model_id
+st.session_state.setdefault("explore_resize", info.resize)
 pick_col, prep_col = st.columns([1, 1], gap="medium")
 with pick_col:
     picked = widgets.image_picker(info, key="explore")
     with st.expander("Preprocessing options", icon=":material/settings:"):
+        crop_words = (f"shorter side to {info.resize_to}, then the middle {info.size}×{info.size}" if info.resize_to
+                      else "cut the middle square")
         resize = st.radio("Resize", images.RESIZE_POLICIES, horizontal=True, key="explore_resize",
-                          captions=["stretch to a square", "cut the middle square", "add a border"])
+                          captions=["stretch to a square", crop_words, "add a border"])
         invert_choice = st.radio("Invert light and dark", ["auto", "on", "off"], horizontal=True,
                                  key="explore_invert", help="MNIST-like datasets are light strokes on black; "
                                                             "'auto' inverts dark-on-light pictures to match.")
@@ -49,7 +56,12 @@ with prep_col:
     st.markdown(explain.prediction(top, info.class_names))
 
 st.caption(f"Image: {md(picked.label)}.")
-tab_f, tab_m, tab_p, tab_g = st.tabs(["Filters", "Feature maps", "Pooling", "Grad-CAM"])
+# One view at a time: a class of 30 opening this page at once costs the server one view each, not four.
+VIEWS = ["Filters", "Feature maps", "Pooling", "Grad-CAM"]
+links.valid("explore_view", VIEWS)
+st.session_state.setdefault("explore_view", "Feature maps")
+view = st.segmented_control("View", VIEWS, key="explore_view", label_visibility="collapsed") or "Feature maps"
+PAGE = 64  # channels or filters drawn at once: a 512-channel layer is paged, not drawn in one 512-tile figure
 
 
 def what(text: str) -> None:
@@ -64,18 +76,30 @@ def show(png: bytes, name: str, dl_key: str) -> None:
 
 
 # --- filters ----------------------------------------------------------------------------------------------------
-with tab_f:
-    weights = probe.filters(model)
-    conv_names = list(weights)
+def page_of(n: int, key: str) -> list[int]:
+    """The numbers on the chosen page of ``n`` channels (all of them when they fit on one page)."""
+    if n <= PAGE:
+        return list(range(n))
+    pages = [f"{i} to {min(i + PAGE, n) - 1}" for i in range(0, n, PAGE)]
+    links.valid(key, pages)
+    chosen = st.select_slider(f"Which {PAGE} of the {n}", pages, key=key)
+    start = pages.index(chosen) * PAGE
+    return list(range(start, min(start + PAGE, n)))
+
+
+if view == "Filters":
+    conv_names = probe.layer_names(model, "conv")
     links.valid("explore_filter_layer", conv_names)
     layer = st.selectbox("Conv layer", conv_names, key="explore_filter_layer")
-    w = weights[layer]
+    w = probe.get_module(model, layer).weight.detach()  # (O, I / groups, kh, kw); only the layer shown is read
     first = layer == conv_names[0]
     what(explain.filters(layer, tuple(w.shape), first))
     c1, c2 = st.columns([2, 1])
     with c1:
-        show(figure_png((sm.model_id, "filters", layer), lambda: figures.filter_grid(w, title=f"{layer}: "
-             f"{w.shape[0]} filters of {w.shape[2]}×{w.shape[3]}")), f"filters-{layer}", "dl_filters")
+        shown = page_of(w.shape[0], f"explore_filter_page_{layer}")
+        show(figure_png((sm.model_id, "filters", layer, shown[0]), lambda: figures.filter_grid(
+            w[shown], channels=shown, title=f"{layer}: {w.shape[0]} filters of {w.shape[2]}×{w.shape[3]}")),
+             f"filters-{layer}", "dl_filters")
     with c2:
         links.valid("explore_filter_index", list(range(w.shape[0])))
         f = st.number_input("Enlarge filter #", 0, w.shape[0] - 1, key="explore_filter_index")
@@ -85,21 +109,33 @@ with tab_f:
                    "add where the input is bright, blue ones subtract.")
 
 # --- feature maps -----------------------------------------------------------------------------------------------
-with tab_m:
+elif view == "Feature maps":
     map_layers = ins.map_layers()
     links.valid("explore_map_layer", map_layers)
     layer = st.select_slider("Layer (slide to walk through the network in order)", map_layers,
                              key="explore_map_layer")
     rec = ins.records[layer]
     maps = rec.output[0]
+    n = maps.shape[0]
     what(explain.feature_maps(rec, views.windows(sm).get(layer), info.size))
-    links.valid("explore_channel", list(range(maps.shape[0])))
-    channel = st.number_input("Look closer at channel #", 0, maps.shape[0] - 1, key="explore_channel")
+    links.valid("explore_channel", list(range(n)))
+    if n > PAGE and st.session_state.get("_explore_channel_for") not in (None, layer):
+        # A big layer opens on its busiest channel: in a 512-channel layer most maps are dark for any one image.
+        st.session_state.explore_channel = int(probe.busiest(maps)[0])
+    st.session_state._explore_channel_for = layer
+    channel = st.number_input("Look closer at channel #", 0, n - 1, key="explore_channel")
     c1, c2 = st.columns([2, 1])
     with c1:
-        show(figure_png(key + ("maps", layer, channel), lambda: figures.feature_grid(
-            maps, title=f"{layer}: {explain.shape_words(tuple(maps.shape))}", highlight=channel)),
-             f"feature-maps-{layer}", "dl_maps")
+        if n > PAGE:
+            order = st.radio("Order", ["most active first", "channel number"], horizontal=True,
+                             key="explore_map_order")
+            ranked = probe.busiest(maps).tolist() if order == "most active first" else list(range(n))
+            shown = [ranked[i] for i in page_of(n, f"explore_map_page_{layer}")]
+        else:
+            shown = list(range(n))
+        show(figure_png(key + ("maps", layer, channel, tuple(shown)), lambda: figures.feature_grid(
+            maps[shown], channels=shown, of=n, title=f"{layer}: {explain.shape_words(tuple(maps.shape))}",
+            highlight=channel if channel in shown else None)), f"feature-maps-{layer}", "dl_maps")
     with c2:
         st.image(figure_png(key + ("map", layer, channel), lambda: figures.image_strip(
             [("What the network sees", ins.prepared.display),
@@ -107,12 +143,12 @@ with tab_m:
         stats = probe.channel_stats(maps)
         st.caption(f"Channel #{channel}: mean {stats['mean'][channel]:.2f}, max {stats['max'][channel]:.2f}, "
                    f"active (> 0) on {stats['frac_active'][channel]:.0%} of its cells.")
-    st.markdown("**Activation statistics per channel**")
-    st.bar_chart(pd.DataFrame({"mean": stats["mean"].tolist(), "max": stats["max"].tolist()}), height=220,
-                 x_label="channel", y_label="activation", stack=False)
+    st.image(figure_png(key + ("bars", layer, channel), lambda: figures.channel_bars(
+        stats["mean"], stats["max"], highlight=channel, title=f"Activation of each of the {n} channels of {layer}")),
+        width="stretch")
 
 # --- pooling ----------------------------------------------------------------------------------------------------
-with tab_p:
+elif view == "Pooling":
     pairs = {p.name: p for p in probe.pooling_pairs(ins.records)}
     if not pairs:
         st.info("This model has no pooling layers.")
@@ -127,7 +163,7 @@ with tab_p:
              "dl_pool")
 
 # --- Grad-CAM ---------------------------------------------------------------------------------------------------
-with tab_g:
+else:
     cam_layers = ins.map_layers()
     links.valid("explore_cam_layer", cam_layers)
     links.valid("explore_cam_method", list(gradcam.METHODS))

@@ -11,7 +11,7 @@ st.markdown("Each layer of a CNN combines the maps of the one before, so one cel
             "test images that excite them most, and inputs made to excite them. What they detect is for you to "
             "judge from the pictures.")
 sm = state.current()
-model, info = sm.ckpt.model, sm.ckpt.info
+model, info = sm.model, sm.info
 presenter = st.session_state.get("presenter", False)
 test = views.test_split(sm)
 if test is None:

@@ -35,7 +35,7 @@ st.caption(f"Lesson · {lesson.title} · step {i + 1} of {n}")
 st.progress((i + 1) / n)
 st.title(step.title)
 st.markdown(f"### {step.text}" if presenter else step.text)
-if sm.ckpt.info.name != "shapes" and step.view in ("pointing", "gradcam"):
+if sm.info.name != "shapes" and step.view in ("pointing", "gradcam"):
     st.caption("These lessons are written for the shapes dataset; with another model the pictures differ.")
 
 split = views.test_split(sm)

@@ -7,7 +7,8 @@ import streamlit as st
 
 from cnnviz import charts, data, figures, models, train
 from cnnviz.data import DatasetError
-from cnnviz.ui import jobs, links, state, widgets
+from cnnviz.text import md
+from cnnviz.ui import jobs, links, owndata, state, widgets
 from cnnviz.ui.cache import figure_png
 
 st.title("Train a CNN")
@@ -18,30 +19,54 @@ st.caption("Pick a dataset and an architecture, press **Train**, and watch the n
 st.header("1 · Data", divider="gray", anchor=False)
 SHARED = links.TRAIN
 links.restore(SHARED)
-names = list(data.DATASETS)
+YOURS = "yours"
+names = [*data.DATASETS, YOURS]
 links.valid("train_dataset", names)
 
 
 def _dataset_defaults() -> None:
-    """A new dataset starts from its own recommended architecture and number of epochs."""
-    chosen = data.DATASETS[st.session_state.train_dataset]
-    st.session_state.train_preset, st.session_state.train_epochs = chosen.preset, chosen.epochs
+    """A new dataset starts from its own recommended architecture, number of epochs and augmentation (the user's own
+    pictures: see _own_defaults)."""
+    name = st.session_state.train_dataset
+    st.session_state.pop("_own_defaults_for", None)
+    if name != YOURS:
+        st.session_state.train_augment = False
+        chosen = data.DATASETS[name]
+        st.session_state.train_preset, st.session_state.train_epochs = chosen.preset, chosen.epochs
 
 
-ds_name = st.selectbox("Dataset", names, format_func=lambda n: data.DATASETS[n].title, key="train_dataset",
-                       on_change=_dataset_defaults)
-info = data.info(ds_name)
-st.caption(f"{info.description} Classes: {', '.join(info.class_names)}.")
-try:
-    full_train = state.dataset(ds_name, train=True)
-    test_split = state.dataset(ds_name, train=False)
-except DatasetError as e:
-    st.error(str(e), icon=":material/cloud_off:")
-    st.stop()
+def _own_defaults(own_info: data.DatasetInfo) -> None:
+    """The architecture and epochs recommended for a dataset of the user's, once per dataset."""
+    if st.session_state.get("_own_defaults_for") != own_info.name:
+        st.session_state._own_defaults_for = own_info.name
+        st.session_state.train_preset, st.session_state.train_epochs = own_info.preset, own_info.epochs
+        st.session_state.train_augment = True  # a small set learns more, and overfits less, from shifted copies
+
+
+ds_name = st.selectbox("Dataset", names, format_func=lambda n: "Your images" if n == YOURS else data.DATASETS[n].title,
+                       key="train_dataset", on_change=_dataset_defaults)
+if ds_name == YOURS:
+    loaded = owndata.builder()
+    if loaded is None:
+        st.info("Upload a zip of class folders, or make classes here, to train on your own pictures.",
+                icon=":material/arrow_upward:")
+        st.stop()
+    full_train, test_split = loaded.train, loaded.test
+    info = full_train.info
+    _own_defaults(info)
+else:
+    info = data.info(ds_name)
+    st.caption(f"{info.description} Classes: {', '.join(info.class_names)}.")
+    try:
+        full_train = state.dataset(ds_name, train=True)
+        test_split = state.dataset(ds_name, train=False)
+    except DatasetError as e:
+        st.error(str(e), icon=":material/cloud_off:")
+        st.stop()
 # Validation images are held out of the training images; the test set is used once, at the end.
 n_val = min(train.VAL_IMAGES, len(full_train) // 10)  # validation uses at most this many
 sample = full_train.subset(16, seed=1)
-st.image(figure_png(("samples", ds_name), lambda: figures.sample_grid(
+st.image(figure_png(("samples", info.name), lambda: figures.sample_grid(
     sample.x, [info.class_names[int(y)] for y in sample.y], cols=16,
     title=f"Training images ({len(full_train) - n_val:,} to learn from and {n_val:,} held out to validate; "
           f"{len(test_split):,} more to test)")), width="stretch")
@@ -112,17 +137,25 @@ lr = c[2].select_slider("Learning rate", LRS, key="train_lr",
                              "adam.")
 optimizer = c[3].selectbox("Optimiser", train.OPTIMIZERS, key="train_opt")
 seed = c[4].number_input("Seed", 0, 10_000, key="train_seed")
-augment = c[5].toggle("Augment", key="train_augment", help="Random small shifts, turns and zooms of each image.")
+augment = c[5].toggle("Augment", key="train_augment", help="Random small shifts, turns and zooms of each image: "
+                                                            "a small set learns more and overfits less.")
+flips = False
+if augment and ds_name == YOURS:
+    flips = st.checkbox("Mirror pictures left to right too", key="train_flips",
+                        help="Only when a mirrored picture is still of the same class (a cup, yes; a left arrow, no).")
 links.publish(list(SHARED))
 config = train.TrainConfig(epochs=int(epochs), batch_size=batch, lr=lr, optimizer=optimizer, seed=int(seed),
-                           augment=augment)
+                           augment=augment, flips=flips)
 
 job: jobs.TrainingJob | None = st.session_state.get("job")
 running = job is not None and job.snapshot().active
 b = st.columns([1, 1, 4])
 if b[0].button("Train", type="primary", icon=":material/play_arrow:", disabled=running, key="train_start"):
     if not running:  # a second click while a job runs never starts a second job
-        train_part, val_part = data.holdout(full_train, sizes[n_train], n_val, int(seed))
+        if n_val:
+            train_part, val_part = data.holdout(full_train, sizes[n_train], n_val, int(seed))
+        else:  # a handful of pictures: every one is needed to learn from
+            train_part, val_part = full_train, None
         try:
             st.session_state.job = jobs.TrainingJob(spec, train_part, val_part, test_split, config,
                                                     alive=jobs.this_session()).start()
@@ -218,7 +251,7 @@ if snap is not None and snap.evaluation is not None and snap.result is not None:
                "diagonal is right, everything else is a mistake. Hover over a cell for the count.")
     if len(ev.mistakes):
         idx = ev.mistakes[:16]
-        split = state.dataset(ck.dataset, train=False)
+        split = state.test_split(ck.info)
         labels = [f"true {names_[int(split.y[i])]}\npred {names_[int(ev.predictions[i])]}" for i in idx]
         st.image(figures.to_png(figures.sample_grid(split.x[idx], labels, cols=8, title="The most confident mistakes "
                                                     "(true class, then what the model said)")), width="stretch")
@@ -229,6 +262,10 @@ s = st.columns(2)
 with s[0]:
     sm = state.current()
     st.markdown(widgets.model_summary(sm))
-    widgets.save_button(sm)
+    if sm.ckpt is not None:
+        widgets.save_button(sm)
+    else:
+        st.caption("Models trained or loaded here can be saved; this one comes from outside the app "
+                   f"({md(sm.source)}). Choose **Your model** in the sidebar to save yours.")
 with s[1]:
     widgets.model_loader()

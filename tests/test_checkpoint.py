@@ -318,3 +318,71 @@ def test_a_real_short_run_round_trips_with_everything_training_records():
     back = checkpoint.load(checkpoint.to_bytes(ck))
     assert back.history == history and back.metrics == ck.metrics and len(history.steps) == 4 and history.epochs
     assert [s for s, _ in back.filter_frames] == [0, 1, 2, 3, 4]
+
+
+# --- a model trained on a user's own images ------------------------------------------------------------------------
+
+OWN = data.DatasetInfo("yours-0123456789ab", "My pets", ("cats", "dogs", "hamsters"), 3, 24, (0.4, 0.5, 0.6),
+                       (0.2, 0.25, 0.3), description="40 of your own images in 3 classes.", epochs=50, resize="pad")
+
+
+def _own_payload() -> dict:
+    spec = models.preset("tiny", 3, 24, 3)
+    return _payload(checkpoint.Checkpoint(models.build(spec, seed=0).eval(), spec, OWN))
+
+
+def test_a_model_of_your_own_images_round_trips():
+    back = checkpoint.load(_saved(_own_payload()))
+    assert back.info == OWN and back.dataset == "yours-0123456789ab"
+    assert back.class_names == ("cats", "dogs", "hamsters")
+
+
+def test_files_from_before_resize_policies_load_as_squash():
+    payload = _own_payload()
+    del payload["dataset"]["resize"]
+    assert checkpoint.load(_saved(payload)).info.resize == "squash"
+    payload = _payload()
+    del payload["dataset"]["resize"]
+    assert checkpoint.load(_saved(payload)).info.resize == "squash"
+
+
+@pytest.mark.parametrize("name", ["yours-", "yours-0123456789AB", "yours-0123456789a", "yours-0123456789abc",
+                                  "yours-0123456789ag", "yours-../../x", "mine-0123456789ab", " yours-0123456789ab",
+                                  "yours-0123456789ab\n"])
+def test_only_names_of_the_own_form_are_known(name):
+    payload = _own_payload()
+    payload["dataset"]["name"] = name
+    with pytest.raises(checkpoint.CheckpointError, match="a dataset this version of cnnviz does not know"):
+        checkpoint.load(_saved(payload))
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(class_names=["cats", "dogs"]), "its classes do not match its output layer"),
+    (dict(class_names=["cats", "dogs", "Dogs\x00"]), "class name 3 must be non-empty printable text"),
+    (dict(class_names=["cats", "dogs", "x" * 41]), "class name 3"),
+    (dict(class_names=["cats", "dogs", "dogs"]), "two of its classes have the same name"),
+    (dict(channels=1), "its input shape does not match its dataset"),
+    (dict(channels=4), "its number of image channels must be a whole number from 1 to 3, got 4"),
+    (dict(size=300), "its image size must be a whole number from 8 to 256, got 300"),
+    (dict(size=28), "its input shape does not match its dataset"),
+    (dict(mean=(0.4, 0.5)), "its mean must be a list of 3 items"),
+    (dict(mean=(0.4, 0.5, 1.5)), "the mean of channel 3 must be a finite number from 0 to 1, got 1.5"),
+    (dict(std=(0.2, 0.0, 0.3)), "the standard deviation of channel 2 must be a finite number from 0.001 to 1"),
+    (dict(resize="stretch"), "its resize policy must be one of squash, crop, pad, got 'stretch'"),
+    (dict(resize=None), "its resize policy must be one of"),
+    (dict(invert=1), "'invert' must be true or false"),
+    (dict(title="\u202eevil"), "its dataset title must be non-empty printable text"),
+    (dict(epochs=1001), "its number of epochs must be a whole number from 1 to 1,000"),
+])
+def test_own_dataset_fields_are_checked_one_by_one(change, words):
+    payload = _own_payload()
+    payload["dataset"].update(change)
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(words)):
+        checkpoint.load(_saved(payload))
+
+
+def test_an_own_dataset_may_have_any_shape_a_built_in_name_may_not():
+    payload = _own_payload()
+    payload["dataset"]["name"] = "cifar10"  # 10 classes of 3×32×32: this model's 3 classes of 3×24×24 do not fit
+    with pytest.raises(checkpoint.CheckpointError, match="CIFAR-10 has 10 classes of 3×32×32 images"):
+        checkpoint.load(_saved(payload))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from cnnviz import checkpoint, data, models
+from cnnviz import checkpoint, data, images, models
 from cnnviz.models import ConvBlock, ModelSpec
 from cnnviz.train import History
 
@@ -52,6 +52,23 @@ def _paths(node, prefix=()) -> list[tuple]:
 
 
 PATHS = _paths(PAYLOAD)
+
+
+def _own_base() -> checkpoint.Checkpoint:
+    """A model of a user's own images: a dataset no registry knows, so each of its fields is checked on its own."""
+    info = data.DatasetInfo("yours-00ff00ff00ff", "My pets", ("cats", "dogs", "mice"), 3, 20, (0.5, 0.4, 0.3),
+                            (0.2, 0.2, 0.2), description="30 of your own images in 3 classes.", epochs=50,
+                            resize="crop")
+    spec = ModelSpec(3, 20, 3, [ConvBlock(4)], hidden=8)
+    return checkpoint.Checkpoint(models.build(spec, seed=0).eval(), spec, info, History(status="finished"),
+                                 {"test_accuracy": 0.5, "per_class": [0.5] * 3})
+
+
+OWN_PAYLOAD = torch.load(io.BytesIO(checkpoint.to_bytes(_own_base())), weights_only=True)
+for _key in ("class_names", "mean", "std"):
+    OWN_PAYLOAD["dataset"][_key] = list(OWN_PAYLOAD["dataset"][_key])
+OWN_PATHS = _paths(OWN_PAYLOAD["dataset"], ("dataset",)) + [("spec", "in_channels"), ("spec", "image_size"),
+                                                             ("spec", "num_classes")]
 
 HOSTILE_TEXT = ["", " ", "99.9", "**bold** [x](http://e.vil) ![i](http://e.vil/i.png)", "<script>alert(1)</script>",
                 ":red[x] :material/home:", "$\\frac{1}{0}$", "a\x00b", "\x1b[2J", "line\nbreak", "\u202eevil",
@@ -128,6 +145,8 @@ def _assert_usable(ck: checkpoint.Checkpoint) -> None:
     assert len(info.mean) == len(info.std) == spec.in_channels and all(s >= checkpoint.MIN_STD for s in info.std)
     assert all(math.isfinite(x) for x in (*info.mean, *info.std, ck.history.seconds, ck.history.images_per_s))
     assert ck.history.status in checkpoint.STATUSES
+    assert info.name in data.DATASETS or data.is_own(info.name)
+    assert info.resize in images.RESIZE_POLICIES and (info.channels, info.size) == (spec.in_channels, spec.image_size)
     for row in [*ck.history.steps, *ck.history.epochs]:
         assert type(row["step"]) is int and all(math.isfinite(v) for v in row.values())
     steps = [s for s, _ in ck.filter_frames]
@@ -148,6 +167,33 @@ def test_mutated_fields_load_or_are_refused(mutations):
     for path, op, value in mutations:
         _mutate(payload, path, op, value)
     _load_or_refuse(_saved(payload))
+
+
+def test_the_own_base_checkpoint_loads():
+    ck = _load_or_refuse(_saved(OWN_PAYLOAD))
+    assert ck is not None and ck.info == _own_base().info
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(OWN_PATHS), st.sampled_from(["replace", "replace", "delete", "add"]),
+                          junk | st.sampled_from(["squash", "crop", "pad", "yours-0123456789ab", 1, 3, 28, 256])),
+                min_size=1, max_size=3))
+def test_mutated_fields_of_an_own_dataset_load_or_are_refused(mutations):
+    payload = copy.deepcopy(OWN_PAYLOAD)
+    for path, op, value in mutations:
+        _mutate(payload, path, op, value)
+    _load_or_refuse(_saved(payload))
+
+
+@SETTINGS
+@given(st.one_of(st.from_regex(r"yours-[0-9a-f]{12}", fullmatch=True), st.text(max_size=20).map("yours-".__add__),
+                 st.sampled_from([*data.DATASETS, "yours", "yours-", "YOURS-0123456789ab"]), st.text(max_size=20),
+                 scalars))
+def test_any_dataset_name_loads_only_as_a_built_in_or_an_own_dataset(name):
+    payload = copy.deepcopy(OWN_PAYLOAD)
+    payload["dataset"]["name"] = name
+    ck = _load_or_refuse(_saved(payload))
+    assert (ck is not None) == data.is_own(name)  # a built-in name: this model does not fit that dataset
 
 
 spec_numbers = st.one_of(st.integers(-2, 12), st.sampled_from([0, 255, 256, 257, 4096, 4097, 10 ** 6]),

@@ -1,8 +1,10 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from cnnviz import checkpoint, cli
 
@@ -10,10 +12,25 @@ from cnnviz import checkpoint, cli
 def test_bad_arguments_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--dataset", "imagenet"])
-    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        cli.main(["train", "--dataset", "shapes", "--epochs", "0"])
-    assert e.value.code == 2
+    assert e.value.code == 2 and ("expected a built-in dataset (shapes, mnist, fashion-mnist, cifar10) or an existing "
+                                  "folder or .zip of class folders, got 'imagenet'") in capsys.readouterr().err
+    for args, expected in [
+        (["train", "--dataset", "shapes", "--epochs", "0"], "must be at least 1"),
+        (["train", "--dataset", "shapes", "--size", "16"], "--size is for folder datasets; shapes has its own size"),
+        (["train", "--dataset", ".", "--size", "500"], "must be between 8 and 64 pixels, got 500"),
+        (["inspect", "--zoo", "resnet18", "--weights", "w.pt", "--image", "i.png", "--out", "o"],
+         "--weights describes a --model; give --model too"),
+        (["inspect", "--zoo", "resnet18", "--model", "m:f", "--image", "i.png", "--out", "o"],
+         "not allowed with argument"),
+        (["inspect", "--zoo", "resnet1000", "--image", "i.png", "--out", "o"], "invalid choice"),
+        (["inspect", "--image", "i.png", "--out", "o"], "one of the arguments --checkpoint --zoo --model is required"),
+        (["app", "--classes", "c.txt", "--mean", "0.5"], "--classes, --mean describe a --model; give --model too"),
+        (["app", "--model", "m:f", "--mean", "half"], "Expected the values as numbers separated by commas"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            cli.main(args)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and expected in err, (args, err)
 
 
 def test_missing_dataset_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
@@ -175,3 +192,196 @@ def test_failed_training_says_why_and_exits_1(failure, monkeypatch, capsys, tmp_
     assert result["reason"] in captured.err and "Traceback" not in captured.err
     # The model is still written (read raw: a checkpoint whose data has std 0 is refused on loading, rightly).
     assert torch.load(out, weights_only=True)["history"]["status"] == failure
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _picture(path: Path, size: tuple[int, int] = (40, 30), colour: tuple[int, int, int] = (200, 30, 30)) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def test_inspect_own_model_writes_every_layer_by_its_module_path(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    monkeypatch.chdir(ROOT)  # `--model tests.own_model:make` imports from here, as `python -m` would
+    classes = tmp_path / "classes.txt"
+    classes.write_text("cat\ndog\nbird\nfish\n")
+    out = tmp_path / "out"
+    args = ["inspect", "--model", "tests.own_model:make", "--classes", str(classes), "--input-size", "32",
+            "--image", str(_picture(tmp_path / "red.png")), "--out", str(out)]
+    assert cli.main(args + ["--target", "bird"]) == 0
+    pred = json.loads((out / "prediction.json").read_text())
+    assert pred["model"] == "your code `tests.own_model:make`" and pred["dataset"] == "your-model"
+    assert {t["class"] for t in pred["top"]} == {"cat", "dog", "bird", "fish"}
+    assert pred["gradcam"] == {"layer": "branch.paths.1.1", "target": "bird", "target_index": 2}
+    assert np.load(out / "input.npy").shape == (1, 3, 32, 32)
+    maps = {p.name for p in (out / "feature_maps").iterdir()}
+    assert {"stem.0.png", "stem.3.png", "res.body.0.png", "res.body.2.png", "res.relu.png", "branch.paths.0.png",
+            "branch.paths.1.0.png", "branch.paths.1.1.png"} <= maps
+    for name in ("filters.png", "pooling.png", "gradcam.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert capsys.readouterr().err == ""
+
+
+def test_inspect_own_model_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    image = _picture(tmp_path / "i.png")
+    code = cli.main(["inspect", "--model", "tests.own_model:no_conv", "--image", str(image), "--out",
+                     str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and err == ("cnnviz: Expected a CNN, but tests.own_model:no_conv() has no nn.Conv2d layer, and "
+                                 "every view in cnnviz looks at one.\n")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty TORCH_HOME, and feature-map figures drawn as one small picture each.
+
+    A ResNet-18 has 60 layers of up to 512 maps of 224×224 and less: drawn in full they take a minute, and what these
+    tests check is where the weights come from (the drawing is checked with a small model above).
+    """
+    from matplotlib.figure import Figure
+
+    from cnnviz import figures
+
+    def one_map(maps, **kwargs):
+        fig = Figure(figsize=(1, 1))
+        fig.add_subplot().imshow(maps[0].numpy())
+        return fig
+
+    monkeypatch.setattr(figures, "feature_grid", one_map)
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+@pytest.mark.slow
+def test_inspect_zoo_model_offline_is_untrained_and_says_where_the_weights_go(torch_home, tmp_path, capsys):
+    import numpy as np
+
+    from cnnviz import zoo
+
+    out = tmp_path / "out"
+    # The test session blocks the network (conftest.no_network): torchvision's download fails at once, as offline.
+    assert cli.main(["inspect", "--zoo", "resnet18", "--image", str(_picture(tmp_path / "i.png", (320, 240))),
+                     "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    expected = zoo.weights_file("resnet18")
+    assert str(torch_home) in str(expected)
+    assert f"put {expected.name} in {expected.parent}" in err and "random weights (untrained)" in err
+    assert "Traceback" not in err
+    pred = json.loads((out / "prediction.json").read_text())
+    assert pred["model"] == "ResNet-18 (untrained)" and pred["gradcam"]["layer"] == "layer4.1.conv2"
+    assert np.load(out / "input.npy").shape == (1, 3, 224, 224)
+    maps = {p.name for p in (out / "feature_maps").iterdir()}
+    assert {"conv1.png", "layer1.0.conv1.png", "layer1.0.relu_2.png", "layer2.0.downsample.0.png",
+            "layer4.1.bn2.png"} <= maps
+
+
+@pytest.mark.slow
+def test_inspect_zoo_model_reads_weights_from_torch_home_offline(torch_home, tmp_path, capsys):
+    import numpy as np
+    import torchvision
+
+    from cnnviz import zoo
+
+    torch.manual_seed(1)
+    saved = torchvision.models.resnet18()
+    path = zoo.weights_file("resnet18")
+    path.parent.mkdir(parents=True)
+    torch.save(saved.state_dict(), path)  # under torchvision's own file name: read without the network
+    out = tmp_path / "out"
+    image = _picture(tmp_path / "i.png", (320, 240), (30, 120, 200))
+    assert cli.main(["inspect", "--zoo", "resnet18", "--image", str(image), "--out", str(out)]) == 0
+    assert "cnnviz:" not in capsys.readouterr().err
+    pred = json.loads((out / "prediction.json").read_text())
+    assert pred["model"] == "ResNet-18"
+    with torch.no_grad():  # the file's weights, on the input the CLI made: the same top class
+        probs = saved.eval()(torch.from_numpy(np.load(out / "input.npy"))).softmax(1)[0]
+    assert pred["top"][0]["index"] == int(probs.argmax())
+    assert abs(pred["top"][0]["probability"] - float(probs.max())) < 1e-4
+
+
+def _folder_dataset(root: Path) -> Path:
+    """Two classes of six small pictures each (reddish and bluish), and one file that is not a picture."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, channel in (("red", 0), ("blue", 2)):
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 80, (12, 12, 3), dtype=np.uint8)
+            pixels[..., channel] += 170
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+    (root / "red" / "notes.png").write_text("not a picture")
+    return root
+
+
+def test_train_on_a_folder_lists_skipped_files(tmp_path, capsys):
+    folder = _folder_dataset(tmp_path / "pictures")
+    model = tmp_path / "m.pt"
+    code = cli.main(["train", "--dataset", str(folder), "--size", "16", "--epochs", "1", "--batch-size", "4",
+                     "--json", "--out", str(model)])
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert code == 0 and result["status"] == "finished"
+    assert result["dataset"] == str(folder) and result["train_images"] + result["val_images"] + 2 <= 12
+    (skipped,) = result["skipped"]
+    assert skipped["file"].endswith("notes.png") and skipped["reason"]
+    assert f"cnnviz: skipped {skipped['file']}: {skipped['reason']}" in captured.err
+    assert model.is_file()
+
+
+def test_app_hands_the_model_to_the_server_process(tmp_path, monkeypatch):
+    from cnnviz import usercode
+    from cnnviz.ui import jobs, launch
+
+    monkeypatch.chdir(tmp_path)  # file names are made absolute for the server, which may run from elsewhere
+    monkeypatch.syspath_prepend(str(ROOT))
+    classes = tmp_path / "c.txt"
+    classes.write_text("cat\ndog\nbird\nfish\n")
+    execs = []
+    monkeypatch.setattr("os.execve", lambda path, argv, env: execs.append((argv, env)))
+    assert cli.main(["app", "--port", "8599", "--model", "tests.own_model:make", "--classes", "c.txt",
+                     "--input-size", "32", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"]) == 0
+    (argv, env), = execs
+    assert argv[1:] == ["-c", launch._CHILD, "8599"] and env["OMP_WAIT_POLICY"]
+    assert {k: env[k] for k in usercode.ENV.values() if k in env} == {
+        "CNNVIZ_MODEL": "tests.own_model:make", "CNNVIZ_CLASSES": str(classes.resolve()), "CNNVIZ_INPUT_SIZE": "32",
+        "CNNVIZ_MEAN": "0.5,0.5,0.5", "CNNVIZ_STD": "0.25,0.25,0.25"}
+
+    # The server process: the model is loaded and registered before the server starts.
+    for name in usercode.ENV.values():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        if name.startswith("CNNVIZ_"):
+            monkeypatch.setenv(name, value)
+    usercode.register(None)
+    served = []
+    monkeypatch.setattr(jobs, "start_worker_server", lambda: None)
+    monkeypatch.setattr(launch, "_streamlit", lambda port: served.append((port, usercode.registered())))
+    try:
+        assert launch._main(8599) == 0
+        (port, user), = served
+        assert port == 8599 and user.info.class_names == ("cat", "dog", "bird", "fish") and user.info.size == 32
+    finally:
+        usercode.register(None)
+
+
+@pytest.mark.slow
+def test_app_with_a_bad_model_exits_with_the_reason_before_serving(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNNVIZ_")}
+    proc = subprocess.run([sys.executable, "-m", "cnnviz.cli", "app", "--port", "8598", "--model", "nowhere:make"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**env, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == (f"cnnviz: Expected a module nowhere in the current folder ({tmp_path}) or on "
+                                   f"PYTHONPATH, but Python could not import it (No module named 'nowhere').")

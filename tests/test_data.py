@@ -160,3 +160,9 @@ def test_holdout_refuses_impossible_sizes():
     for n_train, n_val in ((None, 0), (None, 10), (5, 6), (0, 3)):
         with pytest.raises(ValueError, match="images"):
             data.holdout(split, n_train, n_val, seed=0)
+
+
+def test_own_dataset_names_are_yours_and_twelve_hex_digits():
+    assert data.is_own("yours-0123456789ab") and not data.is_own("yours-0123456789AB")
+    assert not any(data.is_own(n) for n in ("yours-", "yours-0123456789abc", "mnist", None, 7, "yours-../x"))
+    assert data.DatasetInfo("x", "x", ("a", "b"), 1, 8, (0.5,), (0.2,)).resize == "squash"

@@ -230,7 +230,7 @@ class TrainingJob:
     (pages pass :func:`this_session`, so a closed tab's job stops).
     """
 
-    def __init__(self, spec: models.ModelSpec, train_split: Split, val_split: Split, test_split: Split,
+    def __init__(self, spec: models.ModelSpec, train_split: Split, val_split: Split | None, test_split: Split,
                  config: TrainConfig, alive: Callable[[], bool] | None = None):
         self.spec, self.config = spec, config
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
@@ -326,7 +326,8 @@ class TrainingJob:
             # Plain pickle, not multiprocessing's: torch would move the tensors to shared memory, which is small in
             # containers. Sent through the pipe rather than as the process's arguments, so the server does not keep
             # a second copy of the data while the job runs (~0.1 s for MNIST). Training needs no masks.
-            splits = [replace(split, masks=None) for split in (self.train_split, self.val_split, self.test_split)]
+            splits = [None if split is None else replace(split, masks=None)
+                      for split in (self.train_split, self.val_split, self.test_split)]
             here.send_bytes(pickle.dumps((self.spec, *splits, self.config)))
             del splits
             self._follow(here, process)

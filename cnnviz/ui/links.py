@@ -121,7 +121,7 @@ INDEX = Int(0, MAX_INDEX)
 # Every key a page restores from a link, with its widget's type and range (the widgets' own bounds).
 SPECS: dict[str, Spec] = {
     # Train (pages/train.py)
-    "train_dataset": Choice(tuple(data.DATASETS)),
+    "train_dataset": Choice((*data.DATASETS, "yours")),
     "train_size": Choice(("200", "1,000", "5,000", "all")),  # the page offers those smaller than the dataset
     "train_preset": Choice(tuple(models.PRESETS)),
     "train_epochs": Int(1, 50),
@@ -143,6 +143,8 @@ SPECS: dict[str, Spec] = {
     "explore_cam_alpha": Float(0.0, 1.0),
     "explore_resize": Choice(images.RESIZE_POLICIES),
     "explore_invert": Choice(("auto", "on", "off")),
+    "explore_view": Choice(("Filters", "Feature maps", "Pooling", "Grad-CAM")),
+    "explore_map_order": Choice(("most active first", "channel number")),
     # The image picker (cnnviz/ui/widgets.py, key "explore") on Explore and Convolution step by step
     "explore_class": Text(),  # a class name of the model's dataset: checked by the picker's valid()
     "explore_seed": Int(0, MAX_SEED),
@@ -174,7 +176,8 @@ TRAIN = _page("train_dataset", "train_size", "train_preset", "train_epochs", "tr
               "train_seed", "train_augment")
 EXPLORE = _page("explore_filter_layer", "explore_filter_index", "explore_map_layer", "explore_channel",
                 "explore_pool_layer", "explore_pool_channel", "explore_cam_method", "explore_cam_layer",
-                "explore_cam_class", "explore_cam_alpha", "explore_resize", "explore_invert")
+                "explore_cam_class", "explore_cam_alpha", "explore_resize", "explore_invert", "explore_view",
+                "explore_map_order")
 CONVOLUTION = _page("conv_layer", "conv_channel", "conv_row", "conv_col", "pool_layer", "pool_channel", "pool_row",
                     "pool_col")
 HIERARCHY = _page("hier_layer")

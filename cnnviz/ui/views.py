@@ -15,9 +15,9 @@ from cnnviz.ui.state import SessionModel
 
 def test_split(sm: SessionModel) -> Split | None:
     try:
-        return state.dataset(sm.ckpt.info.name, train=False)
+        return state.test_split(sm.info)
     except DatasetError as e:
-        st.error(str(e))
+        st.info(md(e), icon=":material/info:")
         return None
 
 
@@ -25,8 +25,8 @@ def _layer(sm: SessionModel, wanted: str | None, kinds: tuple[str, ...]) -> str:
     """``wanted`` if the model has it, else the first layer of the given kinds (models differ); ``"last"`` is the
     deepest map the model makes, the one Grad-CAM reads (``relu4`` in the gap preset, ``relu2`` in tiny)."""
     if wanted == "last":
-        return gradcam.default_layer(sm.ckpt.model)
-    names = [n for k in kinds for n in probe.layer_names(sm.ckpt.model, k)]
+        return gradcam.default_layer(sm.model)
+    names = [n for k in kinds for n in probe.layer_names(sm.model, k)]
     return wanted if wanted in names else names[0]
 
 
@@ -34,13 +34,13 @@ def windows(sm: SessionModel) -> dict[str, int]:
     """The side of the input square one cell of each layer sees, by layer name; empty for a model whose receptive
     fields cannot be read from its structure."""
     try:
-        return {f.name: f.size for f in receptive.receptive_fields(sm.ckpt.model, sm.ckpt.info.size)}
+        return {f.name: f.size for f in receptive.receptive_fields(sm.model, sm.info.size)}
     except ValueError:
         return {}
 
 
 def filters(sm: SessionModel) -> None:
-    weights = probe.filters(sm.ckpt.model)
+    weights = probe.filters(sm.model)
     name, w = next(iter(weights.items()))
     st.image(figure_png((sm.model_id, "filters", name), lambda: figures.filter_grid(
         w, title=f"{name}: {w.shape[0]} filters of {w.shape[2]}×{w.shape[3]}")), width="stretch")
@@ -48,10 +48,10 @@ def filters(sm: SessionModel) -> None:
 
 
 def feature_maps(sm: SessionModel, split: Split, layer: str | None = None, index: int = 0) -> None:
-    info = sm.ckpt.info
+    info = sm.info
     layer = _layer(sm, layer, ("activation", "conv"))
     x = data.normalize(split.x[index: index + 1], info)
-    rec = probe.run(sm.ckpt.model, x)[layer]
+    rec = probe.run(sm.model, x)[layer]
     a, b = st.columns([1, 3])
     a.image(figures.to_png(figures.image_strip([("the image", figures.to_pil(figures.input_image(x, info)))])),
             width="stretch")
@@ -61,11 +61,11 @@ def feature_maps(sm: SessionModel, split: Split, layer: str | None = None, index
 
 
 def top_patches(sm: SessionModel, split: Split, layer: str | None = None, rows: int = 8) -> None:
-    info = sm.ckpt.info
+    info = sm.info
     layer = _layer(sm, layer, ("activation", "pool", "conv"))
-    found = cache.top_patches(sm.ckpt.model, sm.model_id, split, info.name, layer, 6)
+    found = cache.top_patches(sm.model, sm.model_id, split, info.name, layer, 6)
     channels = sorted(found, key=lambda c: -found[c][0].value)[:rows]
-    rf = next(f for f in receptive.receptive_fields(sm.ckpt.model, info.size) if f.name == layer)
+    rf = next(f for f in receptive.receptive_fields(sm.model, info.size) if f.name == layer)
     size = min(rf.size, info.size)
     st.image(figure_png((sm.model_id, "patches", layer, rows), lambda: figures.patch_grid(
         [(f"#{c}", [p.pixels for p in found[c]]) for c in channels], size=size,
@@ -76,8 +76,8 @@ def top_patches(sm: SessionModel, split: Split, layer: str | None = None, rows: 
 
 
 def pooling(sm: SessionModel, split: Split, index: int = 0, channel: int | None = None) -> None:
-    x = data.normalize(split.x[index: index + 1], sm.ckpt.info)
-    pairs = probe.pooling_pairs(probe.run(sm.ckpt.model, x))
+    x = data.normalize(split.x[index: index + 1], sm.info)
+    pairs = probe.pooling_pairs(probe.run(sm.model, x))
     if not pairs:
         st.info("This model has no pooling layer.")
         return
@@ -90,8 +90,8 @@ def pooling(sm: SessionModel, split: Split, index: int = 0, channel: int | None 
 
 
 def receptive_fields(sm: SessionModel, split: Split) -> None:
-    info = sm.ckpt.info
-    fields = [f for f in receptive.receptive_fields(sm.ckpt.model, info.size) if f.name.startswith(("conv", "pool"))]
+    info = sm.info
+    fields = [f for f in receptive.receptive_fields(sm.model, info.size) if f.name.startswith(("conv", "pool"))]
     boxes = [(f"{f.name}: {f.size}×{f.size}", receptive.window(f, f.out_size // 2, f.out_size // 2, info.size))
              for f in fields]
     x = data.normalize(split.x[:1], info)
@@ -107,7 +107,7 @@ def receptive_fields(sm: SessionModel, split: Split) -> None:
 def maximized(sm: SessionModel, layer: str | None = None, limit: int = 12, cols: int = 4) -> None:
     """Activation maximisation for the first ``limit`` channels of a layer, with a progress bar; kept per session
     so it runs once per layer."""
-    info, model = sm.ckpt.info, sm.ckpt.model
+    info, model = sm.info, sm.model
     layer = _layer(sm, layer, ("activation", "pool", "conv"))
     key = f"maxim::{sm.model_id}::{layer}::{limit}"
     if key not in st.session_state:
@@ -127,12 +127,12 @@ def maximized(sm: SessionModel, layer: str | None = None, limit: int = 12, cols:
 
 
 def overview(sm: SessionModel, split: Split) -> None:
-    info = sm.ckpt.info
-    levels = [f for f in receptive.receptive_fields(sm.ckpt.model, info.size)
-              if probe.kind_of(probe.get_module(sm.ckpt.model, f.name)) in ("activation", "pool")]
+    info = sm.info
+    levels = [f for f in receptive.receptive_fields(sm.model, info.size)
+              if probe.kind_of(probe.get_module(sm.model, f.name)) in ("activation", "pool")]
     rows = []
     for f in levels:
-        found = cache.top_patches(sm.ckpt.model, sm.model_id, split, info.name, f.name, 6)
+        found = cache.top_patches(sm.model, sm.model_id, split, info.name, f.name, 6)
         best = max(found, key=lambda c: found[c][0].value)
         rows.append((f"{f.name}\n{f.size}×{f.size}", [p.pixels for p in found[best]]))
     st.image(figure_png((sm.model_id, "overview"), lambda: figures.patch_grid(
@@ -143,7 +143,7 @@ def overview(sm: SessionModel, split: Split) -> None:
 
 def gradcam_grid(sm: SessionModel, split: Split, n: int = 6, wrong: bool = False) -> None:
     """Grad-CAM overlays for ``n`` test images of different classes: predicted class, or a class not predicted."""
-    model, info = sm.ckpt.model, sm.ckpt.info
+    model, info = sm.model, sm.info
     picks = [int((split.y == c).nonzero()[0]) for c in range(min(n, info.num_classes))]
     cols = st.columns(len(picks))
     gaps = []
@@ -176,7 +176,7 @@ def pointing(sm: SessionModel, split: Split, n: int = 200) -> None:
         st.info("This dataset has no object masks, so the pointing game needs the shapes dataset.")
         return
     n = min(n, len(split))
-    model, centre = _pointing(sm.ckpt.model, sm.model_id, split, split.info.name, n)
+    model, centre = _pointing(sm.model, sm.model_id, split, split.info.name, n)
     c = st.columns(3)
     c[0].metric("Heatmap peak on the object", f"{model[0]:.0%}", help=f"over the first {n} test images")
     c[1].metric("Centre pixel on the object", f"{centre[0]:.0%}",
@@ -186,7 +186,7 @@ def pointing(sm: SessionModel, split: Split, n: int = 200) -> None:
 
 
 def evolution(sm: SessionModel, key: str = "evolution_frame") -> None:
-    frames = sm.ckpt.filter_frames
+    frames = sm.ckpt.filter_frames if sm.ckpt is not None else []
     if len(frames) < 2:
         st.info("This model has no record of its training. Train one on the Train page to replay its filters.")
         return

@@ -10,25 +10,24 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from cnnviz import checkpoint, images, models
+from cnnviz import checkpoint, images, zoo
 from cnnviz.data import DatasetError, DatasetInfo
 from cnnviz.text import md
-from cnnviz.ui import links, state
+from cnnviz.ui import links, owndata, state
 
 
 def model_summary(sm: state.SessionModel) -> str:
     """One line of Markdown about the session's model, every figure read from the model itself."""
-    ck = sm.ckpt
-    convs = sum(isinstance(m, torch.nn.Conv2d) for m in ck.model.modules())
-    acc = ck.metrics.get("test_accuracy")
-    if acc is None:
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in sm.model.modules())
+    params = sum(p.numel() for p in sm.model.parameters())
+    if sm.accuracy is None:
         acc_text = "accuracy not measured"
-    elif ck.metrics_from_file:  # the test set was not at hand to measure it again: say whose number it is
-        acc_text = f"{acc:.1%} test accuracy (as reported by the file, not measured here)"
+    elif sm.accuracy_from:  # not measured here (the test set is not at hand): say whose number it is
+        acc_text = f"{sm.accuracy:.1%} test accuracy ({sm.accuracy_from})"
     else:
-        acc_text = f"{acc:.1%} test accuracy"
-    return (f"**{md(ck.info.title)}** · {convs} conv layers · {models.count_params(ck.model):,} parameters · "
-            f"{acc_text}")
+        acc_text = f"{sm.accuracy:.1%} test accuracy"
+    title = md(sm.title) if sm.ckpt is not None else md(sm.source.removeprefix("torchvision "))
+    return f"**{title}** · {convs} conv layers · {params:,} parameters · {acc_text}"
 
 
 PRESENTER_CSS = """<style>
@@ -52,21 +51,101 @@ def presenter() -> bool:
 
 
 def sidebar() -> None:
-    """The current model, always visible, and the state of this session's training job."""
-    sm = state.current()
+    """The model choice and the current model, always visible, and the state of this session's training job."""
     presenter()
     with st.sidebar:
-        st.markdown("#### Current model")
+        job = st.session_state.get("job")
+        snap = job.snapshot() if job is not None else None
+        if snap is not None:
+            adopt_finished(snap)  # before the model choice, which then switches to the new model
+        model_choice()
+        sm = state.current()
         st.markdown(model_summary(sm))
         st.caption(f"Source: {md(sm.source)}")
-        job = st.session_state.get("job")
-        if job is not None:
-            snap = job.snapshot()
+        if sm.note:
+            st.warning(md(sm.note), icon=":material/warning:")
+        if sm.ckpt is None and st.session_state.get("model_choice") in zoo.NAMES:
+            zoo_weights(st.session_state.model_choice)
+        if snap is not None:
             if snap.status == "queued":
                 st.info(snap.message or "Training: waiting to start…", icon=":material/hourglass_top:")
             elif snap.active:
                 st.info(f"Training: step {snap.step} of {snap.total_steps}", icon=":material/model_training:")
-            adopt_finished(snap)
+
+
+def _choice_label(choice: str) -> str:
+    if choice == state.OWN:
+        return f"Your model: {state.own().title}"
+    if choice == state.CODE:
+        return f"Your code: {state.usercode.registered().info.title}"
+    return f"{zoo.TITLES[choice]} (ImageNet, torchvision)"
+
+
+def model_choice() -> None:
+    """Which model every page explains: the session's own, the user's code, or a torchvision ImageNet model.
+
+    The choice lives in ``model_choice``, plain session state that outlives any page; the widget only edits it. A
+    link carries it as ``?model=resnet18``, so a teacher can put a whole class on the same network.
+    """
+    options = state.choices()
+    if st.session_state.pop("_look_at_own", False):  # a model was just trained or loaded (state.set_current)
+        st.session_state.model_choice = state.OWN
+    if "model_choice" not in st.session_state and st.query_params.get("model") in options:
+        st.session_state.model_choice = st.query_params["model"]
+    if st.session_state.get("model_choice") not in options:
+        st.session_state.model_choice = state.OWN
+    st.session_state.model_pick = st.session_state.model_choice
+
+    def picked() -> None:
+        st.session_state.model_choice = st.session_state.model_pick
+
+    choice = st.selectbox("Model", options, key="model_pick", format_func=_choice_label, on_change=picked,
+                          help="Your own model (the built-in one, one trained on the Train page, or a file you "
+                               "loaded), or a real network trained on ImageNet's 1.2 million photos. Every page shows "
+                               "the one chosen here.")
+    if choice == state.OWN:
+        st.query_params.pop("model", None)
+    elif st.query_params.get("model") != choice:
+        st.query_params["model"] = choice
+
+
+def zoo_weights(name: str) -> None:
+    """Get ImageNet weights for a zoo model whose file is missing, or use a state dict the user uploads."""
+    zm = state.zoo_model(name)
+    if not zm.pretrained and st.button("Download the ImageNet weights", icon=":material/download:",
+                                       key=f"zoo_download_{name}"):
+        with st.spinner(f"Downloading {zoo.weights_file(name).name} into {zoo.weights_file(name).parent}…"):
+            got = zoo.load(name, download=True)
+        if got.pretrained:
+            state.zoo_model.clear()
+            st.rerun()
+        st.error(md(got.note), icon=":material/cloud_off:")
+    with st.expander("Use your own weights for this network"):
+        limit = zoo.upload_limit(name)
+        if limit > owndata.ZIP_MB * zoo.MB:  # the server's upload limit (.streamlit/config.toml)
+            st.caption(f"This network's weights are {limit / zoo.MB:.0f} MB, too big to upload here: put the file "
+                       f"at {md(str(zoo.weights_file(name)))} on the server instead.")
+            return
+        up = st.file_uploader(f"A state dict for torchvision's {name} (.pth or .pt)", type=["pth", "pt"],
+                              key=f"zoo_upload_{name}", max_upload_size=-(-limit // zoo.MB),
+                              help="Loaded as tensors only (nothing in the file is run); every name and shape must "
+                                   "match the network.")
+        if up is None:
+            st.session_state.pop(f"zoo_weights_{name}", None)
+            st.session_state.pop(f"zoo_weights_raw_{name}", None)
+            return
+        raw = up.getvalue()
+        digest = hashlib.sha1(raw).hexdigest()
+        if st.session_state.get(f"zoo_weights_{name}") == digest:
+            return
+        try:
+            state._uploaded_zoo(name, digest, raw)
+        except zoo.ZooError as e:
+            st.error(f"{md(e)} The network keeps its weights.", icon=":material/error:")
+            return
+        st.session_state[f"zoo_weights_raw_{name}"] = raw
+        st.session_state[f"zoo_weights_{name}"] = digest
+        st.rerun()
 
 
 def adopt_finished(snap) -> bool:
@@ -81,6 +160,7 @@ def adopt_finished(snap) -> bool:
 def model_loader(key: str = "upload_model") -> None:
     """Upload a saved model; a bad file gets a clear message and the current model stays."""
     up = st.file_uploader("Load a saved model (.pt)", type=["pt"], key=key,
+                          max_upload_size=checkpoint.MAX_BYTES // checkpoint.MB,
                           help=f"A file saved from this app's Train page or by `cnnviz train --out` (at most "
                                f"{checkpoint.MAX_BYTES // checkpoint.MB} MB).")
     if up is None:
@@ -136,11 +216,15 @@ def image_picker(info: DatasetInfo, key: str = "img") -> PickedImage | None:
     last_key = f"{key}_last"
     links.restore({f"{key}_class": str, f"{key}_seed": int})
     links.valid(f"{key}_class", ["any"] + list(info.class_names))
+    # A model without its test images here (an ImageNet model) offers the user's own pictures only.
+    sources = ["Test set", "Upload", "Draw", "Camera"] if state.has_test_set(info) else ["Upload", "Camera", "Draw"]
     # The source a user chose last stays chosen when they come back from another page.
-    st.session_state.setdefault(f"{key}_source", st.session_state.get(f"{key}_source_kept", "Test set"))
+    links.valid(f"{key}_source", sources)
+    kept = st.session_state.get(f"{key}_source_kept")
+    st.session_state.setdefault(f"{key}_source", kept if kept in sources else sources[0])
     # Pills wrap onto a second line in a narrow column (a projector's 1024 px); a segmented control is clipped.
-    source = st.pills("Image source", ["Test set", "Upload", "Draw", "Camera"], key=f"{key}_source")
-    source = source or "Test set"
+    source = st.pills("Image source", sources, key=f"{key}_source")
+    source = source or sources[0]
     st.session_state[f"{key}_source_kept"] = source
     picked: PickedImage | None = None
     if source == "Test set":
@@ -151,7 +235,8 @@ def image_picker(info: DatasetInfo, key: str = "img") -> PickedImage | None:
         links.publish([f"{key}_class", f"{key}_seed"])
         picked = _pick_test(info, wanted, seed)
     elif source == "Upload":
-        up = st.file_uploader("Upload an image (PNG, JPEG, GIF, BMP, TIFF, WebP)", key=f"{key}_upload")
+        up = st.file_uploader("Upload an image (PNG, JPEG, GIF, BMP, TIFF, WebP)", key=f"{key}_upload",
+                              max_upload_size=images.MAX_BYTES // images.MB)
         if up is not None:
             picked = _checked(up.getvalue(), f"your upload {up.name}")
     elif source == "Draw":
@@ -167,7 +252,7 @@ def image_picker(info: DatasetInfo, key: str = "img") -> PickedImage | None:
 
 def _pick_test(info: DatasetInfo, wanted: str, seed: int) -> PickedImage | None:
     try:
-        split = state.dataset(info.name, train=False)
+        split = state.test_split(info)
     except DatasetError as e:
         st.warning(str(e))
         return None
@@ -203,7 +288,7 @@ def _drawing(info: DatasetInfo, key: str) -> PickedImage | None:
     """Paint pixels with the mouse: lasso or box-select cells of a grid (no extra component needed)."""
     import plotly.graph_objects as go
 
-    n = info.size
+    n = min(info.size, 32)  # a 224×224 grid would be 50,176 points to paint; the drawing is resized like any image
     ink: set[int] = st.session_state.setdefault(f"{key}_ink_{n}", set())  # per grid size: models differ
     c = st.columns([3, 1])
     if c[1].button("Clear", icon=":material/ink_eraser:", key=f"{key}_clear"):

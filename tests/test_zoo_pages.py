@@ -1,0 +1,141 @@
+"""Every page on a torchvision network (AppTest), with random weights written under torchvision's own file names in a
+temporary TORCH_HOME: nothing is downloaded."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from cnnviz import images, probe, zoo
+from cnnviz.ui import state
+from cnnviz.ui.widgets import PickedImage
+from tests.test_zoo import fake_weights, put_weights, to_bytes
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = ["pages/explore.py", "pages/convolution.py", "pages/hierarchy.py", "pages/lessons.py", "pages/train.py",
+         "pages/home.py"]
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> Path:
+    """An empty torch hub in a temporary $TORCH_HOME, and no zoo model loaded yet in this process or its caches."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(zoo, "_SHARED", {})
+    monkeypatch.setattr(zoo, "_SHARED_SEEN", {})
+    state.zoo_model.clear()
+    yield tmp_path / "torch" / "hub" / "checkpoints"
+    state.zoo_model.clear()
+
+
+def photo() -> PickedImage:
+    """A 320×240 'photo' with a bright square in it, as an upload would give."""
+    arr = np.zeros((240, 320, 3), np.uint8)
+    arr[60:180, 100:220] = (250, 200, 40)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG")
+    raw = buf.getvalue()
+    return PickedImage(raw, "your upload photo.jpg", hashlib.sha1(raw).hexdigest())
+
+
+def on(name: str, page: str) -> AppTest:
+    """The app on ``page`` with the zoo model ``name`` chosen and a photo picked."""
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    at.session_state["model_choice"] = name
+    at.session_state["explore_last"] = photo()
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [e.value for e in at.error]
+    parts += [s.value for s in at.success] + [i.value for i in at.info] + [w.value for w in at.warning]
+    return re.sub(r"\\(.)", r"\1", "\n".join(parts))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "googlenet"])
+def test_every_page_renders_on_a_zoo_network(hub, name):
+    put_weights(hub, name)
+    at = on(name, "pages/explore.py")
+    body = texts(at)
+    assert f"Looking inside **{zoo.TITLES[name]}**" in at.caption[0].value.replace("\\", "")
+    assert "untrained" not in body and "as reported by torchvision" in body
+    # The pipeline torchvision evaluates with: shorter side to 256, then the centre 224×224.
+    assert at.radio(key="explore_resize").value == "crop"
+    for view in ["Feature maps", "Filters", "Pooling", "Grad-CAM"]:
+        at.session_state["explore_view"] = view
+        at.switch_page("pages/explore.py").run()
+        assert not at.exception, (view, [e.value for e in at.exception])
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+    # No test images of ImageNet here: the pages that need them say so instead of failing.
+    at.switch_page("pages/hierarchy.py").run()
+    assert "ImageNet's test images are not here" in texts(at)
+
+
+@pytest.mark.slow
+def test_a_link_opens_a_zoo_model_and_missing_weights_name_the_file(hub):
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["model"] = "resnet18"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="model_pick").value == "resnet18"
+    body = texts(at)
+    assert "resnet18-f37072fd.pth" in body and str(hub) in body
+    assert "ResNet-18 (untrained)" in body and "accuracy not measured" in body
+    assert at.button(key="zoo_download_resnet18")  # torchvision downloads it, when the server is online
+
+
+@pytest.mark.slow
+def test_uploaded_weights_for_a_zoo_network_are_used_and_bad_ones_refused(hub):
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["model"] = "mobilenet_v3_small"
+    at.run()
+    good = to_bytes(fake_weights("mobilenet_v3_small", seed=3))
+    digest = hashlib.sha1(good).hexdigest()
+    # What the uploader hands over once a file arrives (AppTest cannot drive a file uploader).
+    at.session_state["zoo_weights_raw_mobilenet_v3_small"] = good
+    at.session_state["zoo_weights_mobilenet_v3_small"] = digest
+    at.switch_page("pages/explore.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "MobileNetV3-Small (your weights)" in at.caption[0].value.replace("\\", "")
+    sm = at.session_state["_borrowed"]["mobilenet_v3_small"]
+    assert sm.model_id == f"zoo-mobilenet_v3_small-upload-{digest}"
+    assert torch.equal(sm.model.state_dict()["classifier.3.weight"],
+                       fake_weights("mobilenet_v3_small", seed=3)["classifier.3.weight"])
+    with pytest.raises(zoo.ZooError, match="shape"):
+        bad = fake_weights("mobilenet_v3_small")
+        bad["classifier.3.weight"] = bad["classifier.3.weight"][:10]
+        state._uploaded_zoo("mobilenet_v3_small", "bad", to_bytes(bad))
+
+
+@pytest.mark.slow
+def test_feature_maps_of_a_big_layer_come_busiest_first_a_page_at_a_time(hub):
+    at = on("resnet18", "pages/explore.py")
+    at.session_state["explore_map_layer"] = "layer4.1.relu#2"  # 512 channels of 7×7
+    at.switch_page("pages/explore.py").run()
+    assert not at.exception
+    pages = at.select_slider(key="explore_map_page_layer4.1.relu#2")
+    assert pages.options[0] == "0 to 63" and len(pages.options) == 8
+    assert at.radio(key="explore_map_order").value == "most active first"
+    # The channel looked at closer is the layer's busiest one for this image.
+    zm = zoo.shared("resnet18")
+    x = images.prepare(images.load(photo().data), zm.info, resize="crop").tensor
+    maps = probe.run(zm.model, x)["layer4.1.relu#2"].output[0]
+    assert at.number_input(key="explore_channel").value == int(probe.busiest(maps)[0])
+
+
+def test_the_page_offers_the_users_own_pictures_when_a_model_has_no_test_set(hub):
+    at = on("mobilenet_v3_small", "pages/explore.py")
+    source = at.button_group[0]
+    assert "Test set" not in source.options and source.value == "Upload"
