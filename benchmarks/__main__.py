@@ -13,7 +13,7 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import browser_train, classroom, docs, inference, libraries, recipe, report, training, webapp
+from benchmarks import browser_train, classroom, docs, inference, libraries, recipe, report, training, webapp, yours
 from benchmarks.common import Options, resolve_device
 
 SECTIONS = {
@@ -31,6 +31,9 @@ SECTIONS = {
     "memory": classroom.memory,
     "classroom": classroom.classroom,
     "load": classroom.load,
+    "own-data": yours.own_data,
+    "zoo-explore": yours.zoo_explore,
+    "zoo-memory": yours.zoo_memory,
 }
 # What a section says about its own length before it starts, beside the last recorded run's.
 ANNOUNCE = {"mnist-to-99": recipe.announce}

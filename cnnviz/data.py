@@ -152,7 +152,7 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "mnist": DatasetInfo(
         "mnist", "MNIST digits", MNIST_CLASSES, 1, 28, (0.1307,), (0.3081,), invert=True,
-        description="70,000 handwritten digits, 28×28 greyscale (white on black).",
+        description="70,000 handwritten digits, 28×28 greyscale (white on black).", epochs=3,
     ),
     "fashion-mnist": DatasetInfo(
         "fashion-mnist", "Fashion-MNIST", FASHION_CLASSES, 1, 28, (0.2860,), (0.3530,), invert=True,

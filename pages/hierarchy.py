@@ -2,7 +2,6 @@
 
 import streamlit as st
 
-from cnnviz import receptive
 from cnnviz.ui import links, state, views
 
 st.title("What each layer learns")
@@ -13,12 +12,12 @@ st.markdown("Each layer of a CNN combines the maps of the one before, so one cel
 sm = state.current()
 model, info = sm.model, sm.info
 presenter = st.session_state.get("presenter", False)
-test = views.test_split(sm)
+test = views.test_split(sm, or_brought=True)
 if test is None:
     st.stop()
 
 st.header("1 · How much of the image each layer sees", divider="gray", anchor=False)
-fields = [f for f in receptive.receptive_fields(model, info.size) if f.name.startswith(("conv", "pool"))]
+fields = views.fields(sm, maps=True)
 c1, c2 = st.columns([3, 2])
 with c1:
     views.receptive_fields(sm, test)
@@ -26,7 +25,10 @@ c2.dataframe([{"layer": f.name, "window (pixels)": f"{f.size}×{f.size}", "step 
                "map size": f"{f.out_size}×{f.out_size}"} for f in fields], hide_index=True)
 
 st.header("2 · What excites each channel", divider="gray", anchor=False)
-map_layers = [f.name for f in receptive.receptive_fields(model, info.size) if not f.name.startswith(("bn", "drop"))]
+map_layers = [f.name for f in views.fields(sm, ("conv", "activation", "pool"))]
+if not map_layers:
+    st.info("The receptive fields of this model cannot be read from its structure, so its patches cannot be cut.")
+    st.stop()
 links.restore(links.HIERARCHY)
 links.valid("hier_layer", map_layers)
 layer = st.select_slider("Layer", map_layers, key="hier_layer")

@@ -58,6 +58,11 @@ def test_train_page_trains_and_shows_curves_and_accuracy(app_url):
         page.screenshot(path=str(SCREENSHOTS / "train.png"), full_page=True)
 
 
+# Words each of Explore's views explains itself with.
+EXPLAINED = {"Feature maps": "maps of", "Pooling": "shrinks each map", "Grad-CAM": "Red means",
+             "Filters": "Each small square is one filter"}
+
+
 def test_explore_page_upload_photo_and_bad_file(app_url, tmp_path):
     photo = tmp_path / "photo.png"
     _photo_like(photo)
@@ -75,12 +80,14 @@ def test_explore_page_upload_photo_and_bad_file(app_url, tmp_path):
         assert page.locator('[data-testid="stImage"] img').count() >= 3
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "explore.png"), full_page=True)
-        for tab in ("Feature maps", "Pooling", "Grad-CAM"):
-            page.get_by_role("tab", name=tab).click()
+        for view in ("Feature maps", "Pooling", "Grad-CAM", "Filters"):  # the page draws one view at a time
+            page.locator('[data-testid="stButtonGroup"]').get_by_role("radio", name=view, exact=True).click()
             wait_until_idle(page)
-            page.screenshot(path=str(SCREENSHOTS / f"explore-{tab.lower().replace(' ', '-')}.png"), full_page=True)
-            panel = page.locator('[role="tabpanel"]:visible')
-            assert panel.locator('[data-testid="stImage"] img').count() >= 1, tab
+            page.get_by_text(EXPLAINED[view]).first.wait_for(timeout=60_000)
+            if view != "Filters":
+                page.screenshot(path=str(SCREENSHOTS / f"explore-{view.lower().replace(' ', '-')}.png"),
+                                full_page=True)
+            assert page.locator('[data-testid="stImage"] img').count() >= 2, view
         assert_no_exception(page)
         page.locator('input[type="file"]').set_input_files(str(junk))
         page.get_by_text("This file is not an image").wait_for(timeout=30_000)

@@ -105,10 +105,12 @@ def test_explore_link_restores_the_view_and_ignores_nonsense():
     assert not at.exception
     assert at.select_slider(key="explore_map_layer").value == "pool1"
     assert at.number_input(key="explore_channel").value == 3
-    assert at.radio(key="explore_cam_method").value == "gradcam"  # the bad value was dropped
     assert "(a ring)" in texts(at)
     at.number_input(key="explore_channel").set_value(4).run()
     assert at.query_params["explore_channel"] == "4"
+    at.button_group(key="explore_view").set_value("Grad-CAM").run()
+    assert at.radio(key="explore_cam_method").value == "gradcam"  # the bad value was dropped
+    assert at.query_params["explore_view"] == "Grad-CAM"  # the link carries the view too
 
 
 def test_train_link_sets_up_the_overfitting_run():

@@ -307,7 +307,8 @@ def check(page: str, query: dict[str, str], restored: set[str]) -> None:
 
 
 def test_a_kept_value_is_shown_and_a_dropped_one_is_not():
-    query = {"explore_class": "horizontal stripes", "explore_cam_layer": "<img src=x>", "explore_cam_alpha": "0.35"}
+    query = {"explore_class": "horizontal stripes", "explore_cam_layer": "<img src=x>", "explore_cam_alpha": "0.35",
+             "explore_view": "Grad-CAM"}
     at = _open("pages/explore.py", query)
     assert not at.exception
     assert at.slider(key="explore_cam_alpha").value == 0.35

@@ -145,14 +145,26 @@ def test_good_checkpoint_upload_replaces_model():
 
 # --- Explore ------------------------------------------------------------------------------------------------------
 
-def _views_rendered(at: AppTest) -> None:
+VIEW_WORDS = {"Feature maps": "maps of", "Filters": "Each small square is one filter", "Pooling": "shrinks each map",
+              "Grad-CAM": "Red means"}
+
+
+def view(at: AppTest, name: str) -> AppTest:
+    """Show one of Explore's views (the page draws one at a time)."""
+    at.button_group(key="explore_view").set_value(name).run()
     assert not at.exception, [e.value for e in at.exception]
-    body = texts(at)
-    assert "The network is" in body  # prediction in words
-    assert "maps of" in body  # feature maps, in words
-    assert "shrinks each map" in body  # pooling
-    assert "Red means" in body  # Grad-CAM (or saliency) explained
-    assert len(at.image) >= 5  # preprocessing, filters, filter, maps, map, pooling, overlay, comparison
+    return at
+
+
+def _views_rendered(at: AppTest) -> None:
+    """Each of Explore's four views draws its pictures and explains them; the prediction stays in words."""
+    assert not at.exception, [e.value for e in at.exception]
+    for name, words in VIEW_WORDS.items():
+        view(at, name)
+        body = texts(at)
+        assert "The network is" in body  # prediction in words
+        assert words in body, name
+        assert len(at.image) >= 2  # the preprocessing steps and the view's own figure
 
 
 def test_explore_default_test_image_renders_every_view():
@@ -219,13 +231,16 @@ def test_explore_controls_change_views_without_errors():
     assert not at.exception and "48 maps of 1×1" in texts(at)
     at.select_slider(key="explore_map_layer").set_value("relu3").run()
     at.number_input(key="explore_channel").set_value(5).run()
+    view(at, "Grad-CAM")
     at.radio(key="explore_cam_method").set_value("gradcam++").run()
     at.radio(key="explore_cam_method").set_value("hirescam").run()
     at.selectbox(key="explore_cam_class").set_value(3).run()
     at.radio(key="explore_cam_method").set_value("saliency").run()
+    view(at, "Filters")
     at.selectbox(key="explore_filter_layer").set_value("conv2").run()
     at.radio(key="explore_resize").set_value("pad").run()
     _views_rendered(at)
+    view(at, "Feature maps")
     assert "32 maps of 16×16" in texts(at)
 
 
@@ -240,7 +255,7 @@ def test_explore_cam_controls_change_the_map_as_they_should(monkeypatch):
     shown = []  # every CamResult the page asked for, in order: per run the main map, then the comparison's
     real = cache.cam
     monkeypatch.setattr(cache, "cam", lambda *a, **k: shown.append(real(*a, **k)) or shown[-1])
-    at = app("pages/explore.py")
+    at = view(app("pages/explore.py"), "Grad-CAM")
     model, info = at.session_state.model.ckpt.model, at.session_state.model.ckpt.info
     x = inspect(model, info, images.load(at.session_state["explore_last"].data)).x
 

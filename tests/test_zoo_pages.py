@@ -35,10 +35,10 @@ def hub(tmp_path, monkeypatch) -> Path:
     state.zoo_model.clear()
 
 
-def photo() -> PickedImage:
-    """A 320×240 'photo' with a bright square in it, as an upload would give."""
+def photo(shift: int = 0) -> PickedImage:
+    """A 320×240 'photo' with a bright square in it (moved right by ``shift``), as an upload would give."""
     arr = np.zeros((240, 320, 3), np.uint8)
-    arr[60:180, 100:220] = (250, 200, 40)
+    arr[60:180, 100 + shift:220 + shift] = (250, 200, 40)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG")
     raw = buf.getvalue()
@@ -139,3 +139,20 @@ def test_the_page_offers_the_users_own_pictures_when_a_model_has_no_test_set(hub
     at = on("mobilenet_v3_small", "pages/explore.py")
     source = at.button_group[0]
     assert "Test set" not in source.options and source.value == "Upload"
+
+
+@pytest.mark.slow
+def test_what_each_layer_learns_searches_the_pictures_you_brought(hub):
+    put_weights(hub, "resnet18")
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    at.session_state["model_choice"] = "resnet18"
+    at.switch_page("pages/hierarchy.py").run()
+    assert "Upload pictures or take photos on Explore" in texts(at)
+    at.switch_page("pages/explore.py").run()
+    for i in range(2):
+        raw = photo(shift=40 * i).data
+        at.file_uploader(key="explore_upload").set_value((f"p{i}.jpg", raw, "image/jpeg")).run()
+        assert not at.exception, [e.value for e in at.exception]
+    at.switch_page("pages/hierarchy.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "the 2 pictures you brought to Explore" in texts(at)

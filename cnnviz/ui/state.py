@@ -12,15 +12,19 @@ dataset made from a user's own images belongs to their session only.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import streamlit as st
+import torch
+from PIL import Image
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 
-from cnnviz import checkpoint, data, sharing, train, usercode, zoo
+from cnnviz import checkpoint, data, images, sharing, train, usercode, zoo
 from cnnviz.checkpoint import Checkpoint
 from cnnviz.data import DatasetError, DatasetInfo, Split
 
@@ -198,3 +202,38 @@ def test_split(info: DatasetInfo) -> Split:
         raise DatasetError("The images your model was trained on are not here: bring your own pictures (upload or "
                            "camera) to Explore, or train a model here to see the views that need a test set.")
     raise DatasetError(f"The test images of {info.title} are not here: they stay with the session that made them.")
+
+
+BROUGHT = 16  # pictures of the user's own kept per session, for the pages that search images (a few MB at most)
+
+
+def bring(key: str, image: Image.Image) -> None:
+    """Keep a small copy (at most ``images.SHOWN_MAX`` px a side) of a picture the user brought (upload, camera),
+    the last :data:`BROUGHT` of them: a model without its test images here is explored on those."""
+    brought: dict[str, bytes] = st.session_state.setdefault("brought", {})
+    if key in brought:
+        return
+    small = image.copy()
+    small.thumbnail((images.SHOWN_MAX, images.SHOWN_MAX))
+    buf = io.BytesIO()
+    small.save(buf, format="PNG")
+    brought[key] = buf.getvalue()
+    while len(brought) > BROUGHT:
+        del brought[next(iter(brought))]
+
+
+def brought_split(info: DatasetInfo) -> Split | None:
+    """The pictures the user brought, prepared as ``info``'s model sees them (uint8 ``(N, C, S, S)``, labels 0), as a
+    split named for its content; None when there are none yet."""
+    brought: dict[str, bytes] = st.session_state.get("brought") or {}
+    if not brought:
+        return None
+    key = (info.name, info.size, info.channels, info.resize, info.resize_to, tuple(brought))
+    made = st.session_state.get("_brought_split")
+    if made is None or made[0] != key:
+        x = torch.stack([TF.pil_to_tensor(images.prepare(images.load(raw), info, resize=info.resize).display)
+                         for raw in brought.values()])
+        name = "brought-" + hashlib.sha1(repr(key).encode()).hexdigest()[:12]
+        made = (key, Split(replace(info, name=name, title="your pictures"), x, torch.zeros(len(x), dtype=torch.int64)))
+        st.session_state._brought_split = made
+    return made[1]

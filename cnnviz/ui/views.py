@@ -13,11 +13,19 @@ from cnnviz.ui.cache import figure_png
 from cnnviz.ui.state import SessionModel
 
 
-def test_split(sm: SessionModel) -> Split | None:
+def test_split(sm: SessionModel, or_brought: bool = False) -> Split | None:
+    """The model's test images; else, with ``or_brought``, the pictures the user brought to Explore; else None and
+    a sentence saying why."""
     try:
         return state.test_split(sm.info)
     except DatasetError as e:
-        st.info(md(e), icon=":material/info:")
+        mine = state.brought_split(sm.info) if or_brought else None
+        if mine is not None:
+            st.info(f"{md(e)} Shown here: the {len(mine)} pictures you brought to Explore (uploads and photos; the "
+                    f"last {state.BROUGHT} are kept). Bring more to search more.", icon=":material/photo_library:")
+            return mine
+        st.info(md(e) + (" Upload pictures or take photos on Explore: this page then searches them."
+                         if or_brought else ""), icon=":material/info:")
         return None
 
 
@@ -63,11 +71,11 @@ def feature_maps(sm: SessionModel, split: Split, layer: str | None = None, index
 def top_patches(sm: SessionModel, split: Split, layer: str | None = None, rows: int = 8) -> None:
     info = sm.info
     layer = _layer(sm, layer, ("activation", "pool", "conv"))
-    found = cache.top_patches(sm.model, sm.model_id, split, info.name, layer, 6)
+    found = cache.top_patches(sm.model, sm.model_id, split, split.info.name, layer, 6)
     channels = sorted(found, key=lambda c: -found[c][0].value)[:rows]
     rf = next(f for f in receptive.receptive_fields(sm.model, info.size) if f.name == layer)
     size = min(rf.size, info.size)
-    st.image(figure_png((sm.model_id, "patches", layer, rows), lambda: figures.patch_grid(
+    st.image(figure_png((sm.model_id, "patches", layer, rows, split.info.name), lambda: figures.patch_grid(
         [(f"#{c}", [p.pixels for p in found[c]]) for c in channels], size=size,
         title=f"{layer}: the 6 test patches each of its {len(channels)} busiest channels fires on most")),
         width="stretch")
@@ -89,19 +97,48 @@ def pooling(sm: SessionModel, split: Split, index: int = 0, channel: int | None 
     st.caption(explain.pooling(pair))
 
 
+def fields(sm: SessionModel, kinds: tuple[str, ...] = ("conv", "pool"), maps: bool = False) -> list[receptive.RF]:
+    """The receptive fields of the model's layers of these kinds, in order (``maps``: only layers whose output is
+    bigger than 1×1, not a global pool); empty for a model whose receptive fields cannot be read from its structure."""
+    try:
+        found = receptive.receptive_fields(sm.model, sm.info.size)
+    except ValueError:
+        return []
+    return [f for f in found if probe.kind_of(probe.get_module(sm.model, f.name)) in kinds
+            and (f.out_size > 1 or not maps)]
+
+
+MAX_BOXES = 6  # squares drawn on one image, rows of the overview: more would hide it (ResNet-18 has 20 conv layers)
+
+
+def spread(items: list, n: int) -> list:
+    """At most ``n`` of ``items``, evenly spread from the first to the last (all of them when they fit)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[i] for i in dict.fromkeys(round(k * (len(items) - 1) / (n - 1)) for k in range(n))]
+
+
 def receptive_fields(sm: SessionModel, split: Split) -> None:
     info = sm.info
-    fields = [f for f in receptive.receptive_fields(sm.model, info.size) if f.name.startswith(("conv", "pool"))]
+    found = fields(sm, maps=True)
+    if not found:
+        st.info("The receptive fields of this model cannot be read from its structure.")
+        return
+    shown = spread(found, MAX_BOXES)
     boxes = [(f"{f.name}: {f.size}×{f.size}", receptive.window(f, f.out_size // 2, f.out_size // 2, info.size))
-             for f in fields]
+             for f in shown]
     x = data.normalize(split.x[:1], info)
-    st.image(figure_png((sm.model_id, "rf"), lambda: figures.image_with_boxes(
+    st.image(figure_png((sm.model_id, "rf", split.info.name), lambda: figures.image_with_boxes(
         figures.input_image(x, info), boxes, title="What one cell in the middle of each layer sees")),
         width="stretch")
     # The mean side of the objects' bounding boxes, where the dataset has masks: the scale a layer must reach.
     side = None if split.masks is None else float((split.masks.any(2).sum(1) + split.masks.any(1).sum(1)).float()
                                                   .mean() / 2)
-    st.caption(explain.receptive_field(fields[-1].name, fields[-1].size, fields[-1].jump, info.size, side))
+    st.caption(explain.receptive_field(shown[-1].name, shown[-1].size, shown[-1].jump, info.size, side))
+
+
+AUTO_SIZE = 64  # inputs up to this side are synthesised as the page opens; bigger networks on request
+BIG_LIMIT = 4  # channels synthesised at once for a bigger network
 
 
 def maximized(sm: SessionModel, layer: str | None = None, limit: int = 12, cols: int = 4) -> None:
@@ -109,8 +146,16 @@ def maximized(sm: SessionModel, layer: str | None = None, limit: int = 12, cols:
     so it runs once per layer."""
     info, model = sm.info, sm.model
     layer = _layer(sm, layer, ("activation", "pool", "conv"))
+    big = info.size > AUTO_SIZE
+    if big:
+        limit = min(limit, BIG_LIMIT)
     key = f"maxim::{sm.model_id}::{layer}::{limit}"
     if key not in st.session_state:
+        if big and not st.button(f"Make an input for each of {limit} channels of {layer}", key=f"maxim_go_{layer}",
+                                 icon=":material/auto_awesome:"):
+            st.caption(f"A {info.size}×{info.size} network takes a while for this (each channel is hundreds of "
+                       "forward and backward passes), so it starts when you ask.")
+            return
         width = probe.run(model, torch.zeros(1, *info.input_shape))[layer].output.shape[1]
         channels = list(range(min(limit, width)))
         bar = st.progress(0.0, text="Synthesising an input for each channel…")
@@ -128,14 +173,14 @@ def maximized(sm: SessionModel, layer: str | None = None, limit: int = 12, cols:
 
 def overview(sm: SessionModel, split: Split) -> None:
     info = sm.info
-    levels = [f for f in receptive.receptive_fields(sm.model, info.size)
-              if probe.kind_of(probe.get_module(sm.model, f.name)) in ("activation", "pool")]
+    found_levels = fields(sm, ("activation", "pool"))
+    levels = spread(found_levels, MAX_BOXES)  # each level is one search through the images
     rows = []
     for f in levels:
-        found = cache.top_patches(sm.model, sm.model_id, split, info.name, f.name, 6)
+        found = cache.top_patches(sm.model, sm.model_id, split, split.info.name, f.name, 6)
         best = max(found, key=lambda c: found[c][0].value)
         rows.append((f"{f.name}\n{f.size}×{f.size}", [p.pixels for p in found[best]]))
-    st.image(figure_png((sm.model_id, "overview"), lambda: figures.patch_grid(
+    st.image(figure_png((sm.model_id, "overview", split.info.name), lambda: figures.patch_grid(
         rows, size=min(max(f.size for f in levels), info.size),
         title="Busiest channel of each layer: its top 6 patches (window size under the name)")), width="stretch")
     st.caption(explain.overview([(f.name, f.size) for f in levels], info.size))

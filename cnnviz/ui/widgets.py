@@ -273,7 +273,7 @@ def _checked(data: bytes, label: str) -> PickedImage | None:
     verdict = st.session_state.get("_checked_upload")  # (digest, error message or None) of the last upload
     if verdict is None or verdict[0] != picked.key:
         try:
-            images.load(data)
+            state.bring(picked.key, images.load(data))
             verdict = (picked.key, None)
         except images.ImageError as e:
             verdict = (picked.key, str(e))
