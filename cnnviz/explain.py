@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 from cnnviz.probe import PoolPair, Record
@@ -37,6 +39,9 @@ def _listed(names: tuple[str, ...] | list[str], limit: int = 12) -> str:
 def prediction(top: list[tuple[str, float]], class_names: tuple[str, ...]) -> str:
     """The prediction in words, and what any picture gets from a model that knows only ``class_names``."""
     (best, p), rest = top[0], top[1:]
+    if not all(math.isfinite(q) for _, q in top):
+        return ("The network's output is not a number (NaN or infinity) for this picture: its weights make the "
+                "numbers overflow somewhere on the way, so it has no prediction. Random weights often do that.")
     certain = "very sure" if p > 0.9 else "fairly sure" if p > 0.6 else "unsure"
     runner = f" The runner-up is **{md(rest[0][0])}** ({rest[0][1]:.0%})." if rest else ""
     return (f"The network is {certain}: **{md(best)}** with {p:.0%}.{runner} It knows only its "

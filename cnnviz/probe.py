@@ -7,6 +7,7 @@ ResNet ``BasicBlock`` reuses ``self.relu``) gets one record per call: ``"layer1.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -159,12 +160,24 @@ def run(model: nn.Module, x: Tensor) -> dict[str, Record]:
     calls: dict[str, int] = {}
     # A stack per module: the pre-hook's input copy waits there for the matching forward hook.
     inputs: dict[str, list[Tensor | None]] = {}
+    # The copy last made of each live tensor, with the tensor's version then: a layer's input is usually the output
+    # of the layer before, unchanged, and shares that copy instead of making another (VGG-16: 250 MB → 130 MB).
+    # Weak references: the forward pass still frees each activation when it is done with it.
+    copies: dict[int, tuple[weakref.ref, int, Tensor]] = {}
+
+    def copy(tensor: Tensor) -> Tensor:
+        held = copies.get(id(tensor))
+        if held is not None and held[0]() is tensor and held[1] == tensor._version:
+            return held[2]
+        made = tensor.detach().clone()
+        copies[id(tensor)] = (weakref.ref(tensor), tensor._version, made)
+        return made
 
     def pre_hook(name: str) -> Callable[[nn.Module, tuple], None]:
         def hook(module: nn.Module, args: tuple) -> None:
             # Copy now: an in-place module (ReLU(inplace=True)) overwrites its input before the forward hook runs.
             tensor = _first_tensor(args)
-            inputs[name].append(None if tensor is None else tensor.detach().clone())
+            inputs[name].append(None if tensor is None else copy(tensor))
 
         return hook
 
@@ -182,7 +195,7 @@ def run(model: nn.Module, x: Tensor) -> dict[str, Record]:
                 module_type=type(module).__name__,
                 input=module_input,
                 # Copy: a later in-place module would otherwise change this record after the fact.
-                output=tensor.detach().clone(),
+                output=copy(tensor),
                 params=_params(module),
             )
 

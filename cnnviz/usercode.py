@@ -56,7 +56,7 @@ class UserModel:
 
     model: nn.Module
     info: DatasetInfo
-    source: str  # in words: "your code `mypkg.models:make`"
+    source: str  # in words: "your code mypkg.models:make" (plain text: pages escape it)
 
 
 def load(target: str, *, weights: str | os.PathLike | None = None, classes: str | os.PathLike | None = None,
@@ -80,8 +80,8 @@ def load(target: str, *, weights: str | os.PathLike | None = None, classes: str 
     if weights is not None:
         _load_weights(model, Path(weights), target)
     names = read_classes(classes) if classes is not None else None
-    return _checked(model, names, input_size, mean, std, channels, title=f"your model {target}",
-                    source=f"your code `{target}`", what=f"{target}()")
+    return _checked(model, names, input_size, mean, std, channels, title=target,
+                    source=f"your code {target}", what=f"{target}()")
 
 
 def from_module(model: nn.Module, *, classes: Sequence[str] | None = None, input_size: int = 224,
@@ -99,8 +99,8 @@ def from_module(model: nn.Module, *, classes: Sequence[str] | None = None, input
     if isinstance(classes, str):  # list("cat") would be three classes
         raise UserModelError(f"Expected the class names as a list of names, got one name, {_brief(classes)}.")
     names = None if classes is None else _check_names(list(classes), "the class names")
-    return _checked(own, names, input_size, mean, std, channels, title=title or f"your model {name}",
-                    source=f"your model object `{name}`", what=f"your {name}")
+    return _checked(own, names, input_size, mean, std, channels, title=title or name,
+                    source=f"your model object {name}", what=f"your {name}")
 
 
 def read_classes(path: str | os.PathLike) -> list[str]:

@@ -215,7 +215,7 @@ def test_inspect_own_model_writes_every_layer_by_its_module_path(tmp_path, monke
             "--image", str(_picture(tmp_path / "red.png")), "--out", str(out)]
     assert cli.main(args + ["--target", "bird"]) == 0
     pred = json.loads((out / "prediction.json").read_text())
-    assert pred["model"] == "your code `tests.own_model:make`" and pred["dataset"] == "your-model"
+    assert pred["model"] == "your code tests.own_model:make" and pred["dataset"] == "your-model"
     assert {t["class"] for t in pred["top"]} == {"cat", "dog", "bird", "fish"}
     assert pred["gradcam"] == {"layer": "branch.paths.1.1", "target": "bird", "target_index": 2}
     assert np.load(out / "input.npy").shape == (1, 3, 32, 32)

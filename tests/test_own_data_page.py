@@ -121,7 +121,7 @@ def own_code():
     from tests import own_model
 
     usercode.register(usercode.from_module(own_model.make(), classes=list(own_model.CLASSES), input_size=64,
-                                           title="your model tests.own_model:make"))
+                                           title="tests.own_model:make"))
     yield
     usercode.register(None)
 
@@ -133,7 +133,7 @@ def test_every_page_renders_on_the_users_own_model(own_code):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.selectbox(key="model_pick").value == "code"
-    assert "Your code: your model tests.own_model:make" in at.selectbox(key="model_pick").format_func("code")
+    assert "Your code: tests.own_model:make" in at.selectbox(key="model_pick").format_func("code")
     at.session_state["explore_last"] = __import__("tests.test_zoo_pages", fromlist=["photo"]).photo()
     at.switch_page("pages/explore.py").run()
     assert not at.exception, [e.value for e in at.exception]

@@ -223,3 +223,18 @@ def test_filter_drift_known_answers():
         filter_drift([])
     with pytest.raises(ValueError, match="one \\(out, in, kh, kw\\) shape"):
         filter_drift([(0, w0), (1, torch.ones(3, 1, 3, 3))])
+
+
+def test_an_unchanged_output_and_the_next_layers_input_share_one_copy():
+    # conv1 → relu1 (in place) → conv2: relu1 reads conv1's output unchanged (one copy for both), then overwrites it;
+    # conv2 reads relu1's result, not conv1's stale copy.
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("conv1", nn.Conv2d(1, 2, 3, padding=1))
+    model.add_module("relu1", nn.ReLU(inplace=True))
+    model.add_module("conv2", nn.Conv2d(2, 2, 3, padding=1))
+    records = probe.run(model, torch.randn(1, 1, 6, 6))
+    assert records["relu1"].input is records["conv1"].output
+    assert records["conv2"].input is records["relu1"].output
+    assert (records["conv1"].output < 0).any() and (records["relu1"].output >= 0).all()
+    torch.testing.assert_close(records["relu1"].output, records["conv1"].output.clamp(min=0))

@@ -44,9 +44,9 @@ def test_loads_module_function_from_the_current_folder(monkeypatch):
         monkeypatch.delitem(sys.modules, name, raising=False)
     user = usercode.load(MAKE, input_size=32)
     assert sys.path[0] == str(ROOT)  # put there as `python -m` would
-    assert user.source == "your code `tests.own_model:make`"
+    assert user.source == "your code tests.own_model:make"
     info = user.info
-    assert (info.name, info.title) == (usercode.NAME, "your model tests.own_model:make")
+    assert (info.name, info.title) == (usercode.NAME, "tests.own_model:make")
     assert info.class_names == ("class 0", "class 1", "class 2", "class 3")
     assert (info.channels, info.size, info.mean, info.std) == (3, 32, usercode.IMAGENET_MEAN, usercode.IMAGENET_STD)
     assert not any(m.training for m in user.model.modules())
@@ -181,10 +181,10 @@ def test_from_module_shows_a_checked_copy():
     assert user.model is not model and model.training and all(p.requires_grad for p in model.parameters())
     assert not user.model.training
     assert (user.info.title, user.info.class_names) == ("my net", own.CLASSES)
-    assert user.source == "your model object `OwnNet`"
+    assert user.source == "your model object OwnNet"
     for key, value in model.state_dict().items():
         assert torch.equal(user.model.state_dict()[key], value)
-    assert usercode.from_module(model, input_size=32).info.title == "your model OwnNet"
+    assert usercode.from_module(model, input_size=32).info.title == "OwnNet"
     with pytest.raises(UserModelError, match="Expected the model to be a torch nn.Module, got a str."):
         usercode.from_module("resnet")
     with pytest.raises(UserModelError, match="Expected 4 class names"):

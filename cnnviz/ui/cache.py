@@ -49,7 +49,7 @@ TTL = 3600
 DEFAULT_MB = 256
 # How the total budget is split. Inspections hold the probe's records and a ≤ 512 px copy of the upload (~1 MB each
 # for our models); figures are PNGs of ~50–300 kB; Grad-CAM maps and test-set patches are small.
-SHARES = {"inspection": 0.4, "figure_png": 0.4, "cam": 0.1, "top_patches": 0.1}
+SHARES = {"inspection": 0.5, "figure_png": 0.3, "cam": 0.1, "top_patches": 0.1}
 
 T = TypeVar("T")
 

@@ -67,8 +67,13 @@ def show(model: nn.Module, *, classes: Sequence[str] | None = None, input_size: 
 
 def _streamlit(port: int) -> None:
     """Serve the app from this process on ``port``: blocking, or on the event loop already running (a notebook's)."""
+    from streamlit.runtime.pages_manager import PagesManager
     from streamlit.web import cli as stcli
 
+    # app.py lists the pages itself (st.navigation). Streamlit starts a server whose main script has a pages/ folder
+    # beside it in its old multipage mode, and leaves it only once st.navigation has run: a link to a page as the
+    # server's first visit would run that page alone (no sidebar, no model choice) for every visitor after it.
+    PagesManager.uses_pages_directory = False
     stcli.main.main(args=["run", str(APP), "--server.port", str(port), "--server.headless", "true",
                           "--browser.gatherUsageStats", "false"], prog_name="streamlit", standalone_mode=False)
 

@@ -42,7 +42,8 @@ def _report(loaded: data.Loaded) -> None:
     for warning in loaded.warnings:
         st.warning(md(warning), icon=":material/warning:")
     if loaded.skipped:
-        with st.expander(f"{len(loaded.skipped)} files skipped", icon=":material/block:"):
+        n = len(loaded.skipped)
+        with st.expander(f"{n} file{'s' * (n != 1)} skipped", icon=":material/block:"):
             st.dataframe(pd.DataFrame([{"file": s.name, "why": s.reason} for s in loaded.skipped]),
                          hide_index=True)
 

@@ -41,10 +41,8 @@ def _layer(sm: SessionModel, wanted: str | None, kinds: tuple[str, ...]) -> str:
 def windows(sm: SessionModel) -> dict[str, int]:
     """The side of the input square one cell of each layer sees, by layer name; empty for a model whose receptive
     fields cannot be read from its structure."""
-    try:
-        return {f.name: f.size for f in receptive.receptive_fields(sm.model, sm.info.size)}
-    except ValueError:
-        return {}
+    found = _receptive(sm.model, sm.model_id, sm.info.size)
+    return {} if isinstance(found, str) else {f.name: f.size for f in found}
 
 
 def filters(sm: SessionModel) -> None:
@@ -73,7 +71,7 @@ def top_patches(sm: SessionModel, split: Split, layer: str | None = None, rows: 
     layer = _layer(sm, layer, ("activation", "pool", "conv"))
     found = cache.top_patches(sm.model, sm.model_id, split, split.info.name, layer, 6)
     channels = sorted(found, key=lambda c: -found[c][0].value)[:rows]
-    rf = next(f for f in receptive.receptive_fields(sm.model, info.size) if f.name == layer)
+    rf = next(f for f in fields(sm, ("conv", "activation", "pool", "norm", "dropout")) if f.name == layer)
     size = min(rf.size, info.size)
     st.image(figure_png((sm.model_id, "patches", layer, rows, split.info.name), lambda: figures.patch_grid(
         [(f"#{c}", [p.pixels for p in found[c]]) for c in channels], size=size,
@@ -97,12 +95,20 @@ def pooling(sm: SessionModel, split: Split, index: int = 0, channel: int | None 
     st.caption(explain.pooling(pair))
 
 
+@st.cache_resource(max_entries=32, show_spinner=False)
+def _receptive(_model, model_id: str, size: int) -> tuple[receptive.RF, ...] | str:
+    """A model's receptive fields, read once per model (0.3 s for a zoo network); the reason when they cannot be."""
+    try:
+        return tuple(receptive.receptive_fields(_model, size))
+    except ValueError as e:
+        return str(e)
+
+
 def fields(sm: SessionModel, kinds: tuple[str, ...] = ("conv", "pool"), maps: bool = False) -> list[receptive.RF]:
     """The receptive fields of the model's layers of these kinds, in order (``maps``: only layers whose output is
     bigger than 1×1, not a global pool); empty for a model whose receptive fields cannot be read from its structure."""
-    try:
-        found = receptive.receptive_fields(sm.model, sm.info.size)
-    except ValueError:
+    found = _receptive(sm.model, sm.model_id, sm.info.size)
+    if isinstance(found, str):
         return []
     return [f for f in found if probe.kind_of(probe.get_module(sm.model, f.name)) in kinds
             and (f.out_size > 1 or not maps)]
@@ -138,7 +144,7 @@ def receptive_fields(sm: SessionModel, split: Split) -> None:
 
 
 AUTO_SIZE = 64  # inputs up to this side are synthesised as the page opens; bigger networks on request
-BIG_LIMIT = 4  # channels synthesised at once for a bigger network
+BIG_LIMIT = 3  # channels synthesised at once for a bigger network (about 15 s each for ResNet-18 on one core)
 
 
 def maximized(sm: SessionModel, layer: str | None = None, limit: int = 12, cols: int = 4) -> None:
@@ -159,7 +165,9 @@ def maximized(sm: SessionModel, layer: str | None = None, limit: int = 12, cols:
         width = probe.run(model, torch.zeros(1, *info.input_shape))[layer].output.shape[1]
         channels = list(range(min(limit, width)))
         bar = st.progress(0.0, text="Synthesising an input for each channel…")
-        results = maximize.maximize_layer(model, layer, info.input_shape, channels,
+        # A big colour network gets Lucid's recipe (Olah et al. 2017): without it its inputs come out as noise.
+        style = {"style": "lucid", "info": info} if big and info.channels == 3 else {}
+        results = maximize.maximize_layer(model, layer, info.input_shape, channels, **style,
                                           on_step=lambda i, n: bar.progress(i / n, text=f"Step {i} of {n}"))
         bar.empty()
         st.session_state[key] = results
