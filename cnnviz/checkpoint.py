@@ -13,7 +13,6 @@ import io
 import logging
 import math
 import os
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -141,26 +140,17 @@ def _unpack(raw: bytes) -> object:
     """What ``torch.load(weights_only=True)`` reads from ``raw``, once the zip's records are known to be plain."""
     if not raw:
         raise CheckpointError("The file is empty.")
-    not_ours = CheckpointError("This file is not a cnnviz model: it could not be read as a PyTorch checkpoint (it "
-                               "may be truncated or another kind of file).")
     try:
-        with zipfile.ZipFile(io.BytesIO(raw)) as z:
-            records = z.infolist()
-    except Exception:  # noqa: BLE001  (zipfile fails on foreign bytes in many ways: BadZipFile, struct, EOF…)
-        raise not_ours from None
-    if len(records) > MAX_RECORDS:
-        raise CheckpointError(f"This file is not a cnnviz model: it holds {len(records):,} records (a model has at "
-                              f"most {MAX_RECORDS:,}).")
-    # torch.save stores every record as it is; a compressed one could expand a thousandfold in memory.
-    if any(r.compress_type != zipfile.ZIP_STORED or r.file_size != r.compress_size for r in records) or \
-            sum(r.file_size for r in records) > len(raw):
-        raise CheckpointError("This file is not a cnnviz model: its contents are compressed or misdescribed, which "
-                              "files saved by PyTorch never are.")
-    try:
-        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (torch.load fails on foreign bytes in many ways: pickle, zip, EOF…)
-        log.info("torch.load refused a model file: %s", (str(e) or repr(e)).splitlines()[0][:300])
-        raise not_ours from None
+        return files.load_torch(raw, MAX_RECORDS)
+    except files.NotPlainTorch as e:
+        if e.reason == "records":
+            raise CheckpointError(f"This file is not a cnnviz model: it holds {e.records:,} records (a model has at "
+                                  f"most {MAX_RECORDS:,}).") from None
+        if e.reason == "compressed":
+            raise CheckpointError("This file is not a cnnviz model: its contents are compressed or misdescribed, "
+                                  "which files saved by PyTorch never are.") from None
+        raise CheckpointError("This file is not a cnnviz model: it could not be read as a PyTorch checkpoint (it "
+                              "may be truncated or another kind of file).") from None
 
 
 # --- the fields ----------------------------------------------------------------------------------------------------

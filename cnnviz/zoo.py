@@ -12,11 +12,9 @@ A model shared between sessions comes from :func:`shared`, loaded once per proce
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import math
 import threading
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import Weights
 
-from cnnviz import text
+from cnnviz import files, text
 from cnnviz.data import DatasetInfo
 
 log = logging.getLogger(__name__)
@@ -275,27 +273,19 @@ def _unpack(name: str, raw: bytes) -> object:
         raise ZooError("The file is empty.")
     if len(raw) > limit:
         raise ZooError(f"The file is {len(raw) / MB:,.1f} MB; weights for {title} take at most {limit / MB:,.1f} MB.")
-    not_weights = ZooError(f"This file is not a PyTorch weights file (it may be truncated or another kind of file); "
-                           f"save {title}'s weights with torch.save(model.state_dict(), path).")
-    try:
-        with zipfile.ZipFile(io.BytesIO(raw)) as z:
-            records = z.infolist()
-    except Exception:  # noqa: BLE001  (zipfile fails on foreign bytes in many ways: BadZipFile, struct, EOF…)
-        raise not_weights from None
     # One record per tensor storage plus a few of torch.save's own (data.pkl, version, byteorder, …).
     most = len(_expected(name, name == "googlenet")) + 16
-    if len(records) > most:
-        raise ZooError(f"These weights are not for {title}: the file holds {len(records):,} records (about one per "
-                       f"tensor), {title}'s weights at most {most:,}.")
-    # torch.save stores every record as it is; a compressed one could expand a thousandfold in memory.
-    if any(r.compress_type != zipfile.ZIP_STORED or r.file_size != r.compress_size for r in records) or \
-            sum(r.file_size for r in records) > len(raw):
-        raise ZooError("This file's contents are compressed or misdescribed, which files saved by PyTorch never are.")
     try:
-        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (torch.load fails on foreign bytes in many ways: pickle, zip, EOF…)
-        log.info("torch.load refused a weights file: %s", (str(e) or repr(e)).splitlines()[0][:300])
-        raise not_weights from None
+        return files.load_torch(raw, most)
+    except files.NotPlainTorch as e:
+        if e.reason == "records":
+            raise ZooError(f"These weights are not for {title}: the file holds {e.records:,} records (about one per "
+                           f"tensor), {title}'s weights at most {most:,}.") from None
+        if e.reason == "compressed":
+            raise ZooError("This file's contents are compressed or misdescribed, which files saved by PyTorch never "
+                           "are.") from None
+        raise ZooError(f"This file is not a PyTorch weights file (it may be truncated or another kind of file); "
+                       f"save {title}'s weights with torch.save(model.state_dict(), path).") from None
 
 
 def _model(name: str, state: object) -> nn.Module:

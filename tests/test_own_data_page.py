@@ -149,3 +149,26 @@ def test_every_page_renders_on_the_users_own_model(own_code):
         assert not at.exception, (page, [e.value for e in at.exception])
     # A page that needs the model's training images says so instead of failing.
     assert "The images your model was trained on are not here" in texts(at)
+
+
+def test_make_classes_in_the_browser_by_upload_then_use_them():
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    at.session_state["train_dataset"] = "yours"
+    at.switch_page("pages/train.py").run()
+    at.button_group(key="own_how").set_value("Make classes here").run()
+    assert at.button(key="own_use").disabled  # no classes yet
+    for i, kind in enumerate(("discs", "squares")):
+        at.text_input(key="own_new_class").input(kind).run()
+        at.button(key="own_add_class").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        files = [(f"{kind}{j}.png", photo(kind, j), "image/png") for j in range(6)]
+        at.file_uploader(key=f"own_files_{i}").set_value(files).run()
+        assert not at.exception, [e.value for e in at.exception]
+    assert "discs** · 6 pictures" in texts(at) and "squares** · 6 pictures" in texts(at)
+    at.button(key="own_use").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    loaded = at.session_state["own_data"]
+    assert loaded.info.class_names == ("discs", "squares") and len(loaded.train) + len(loaded.test) == 12
+    assert "12 images in 2 classes: discs (6), squares (6)" in texts(at)
+    # The page goes on to the architecture and the Train button, with settings for a small set.
+    assert at.button(key="train_start") and at.toggle(key="train_augment").value is True

@@ -100,8 +100,7 @@ def _from_browser(size: int, resize: str) -> None:
             classes[name.strip()] = []
     for i, (cls, pictures) in enumerate(list(classes.items())):
         with st.container(border=True):
-            h = st.columns([3, 1], vertical_alignment="center")
-            h[0].markdown(f"**{md(cls)}** · {len(pictures)} pictures")
+            h = st.columns([3, 1], vertical_alignment="center")  # the count is written once the uploads are in
             if h[1].button("Remove", key=f"own_remove_{i}", icon=":material/delete:"):
                 del classes[cls]
                 st.rerun()
@@ -114,6 +113,7 @@ def _from_browser(size: int, resize: str) -> None:
                 if hashlib.sha1(raw).hexdigest() not in known:
                     pictures.append((up.name, raw))
                     known.add(hashlib.sha1(raw).hexdigest())
+            h[0].markdown(f"**{md(cls)}** · {len(pictures)} picture{'s' * (len(pictures) != 1)}")
     if classes:
         with st.expander("Take pictures with the camera", icon=":material/photo_camera:"):
             target = st.selectbox("Add each photo to", list(classes), key="own_camera_class")
@@ -125,6 +125,7 @@ def _from_browser(size: int, resize: str) -> None:
                     st.session_state.own_camera_last = digest
                     classes[target].append((f"camera-{len(classes[target]) + 1}.jpg", raw))
                     st.toast(f"Added a photo to {md(target)}.")
+                    st.rerun()  # the class's count above, and the Use button, include it
     ready = len(classes) >= 2 and all(len(p) >= folders.MIN_PER_CLASS for p in classes.values())
     if st.button("Use these classes", type="primary", icon=":material/done:", key="own_use", disabled=not ready):
         digest = hashlib.sha1(repr([(c, [hashlib.sha1(r).hexdigest() for _, r in p]) for c, p in classes.items()])

@@ -201,7 +201,8 @@ def test_split(info: DatasetInfo) -> Split:
     if info.name == usercode.NAME:
         raise DatasetError("The images your model was trained on are not here: bring your own pictures (upload or "
                            "camera) to Explore, or train a model here to see the views that need a test set.")
-    raise DatasetError(f"The test images of {info.title} are not here: they stay with the session that made them.")
+    raise DatasetError(f"The test images of {info.title} are not here: a dataset of someone's own pictures lives "
+                       f"only in the browser session that made it, while it is that session's dataset.")
 
 
 BROUGHT = 16  # pictures of the user's own kept per session, for the pages that search images (a few MB at most)
