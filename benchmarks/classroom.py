@@ -31,7 +31,9 @@ STUDENTS, QUICK_STUDENTS = 30, 4
 UPLOADS, QUICK_UPLOADS = 64, 4
 READY_S = 120  # how long a page may take to show its uploader: the issue counts a page that never does as failed
 RENDER_S = 240
-TABS = ("Filters", "Feature maps", "Pooling", "Grad-CAM")
+# Explore draws one view at a time; each view's own control, seen once the view is drawn.
+VIEWS = {"Filters": "Conv layer", "Feature maps": "Layer (slide to walk through the network in order)",
+         "Pooling": "Pooling layer", "Grad-CAM": "Opacity"}
 BARE_PAGE = '''"""The baseline: a Streamlit page that only shows an uploaded image."""
 import streamlit as st
 
@@ -53,13 +55,13 @@ RENDERED_JS = """name => {
   const imgs = [...main.querySelectorAll('img')];
   return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
 }"""
-# The visible tab panel shows its figure (or says it has none, e.g. a model without pooling).
-PANEL_JS = """() => {
-  const panel = [...document.querySelectorAll('[role="tabpanel"]')].find(p => p.offsetParent !== null);
-  if (!panel) return false;
-  const imgs = [...panel.querySelectorAll('img')];
-  if (imgs.length === 0) return !!panel.querySelector('[data-testid="stAlert"]');
-  return imgs.every(i => i.complete && i.naturalWidth > 0);
+# Everything on the page drawn: no script running, no stale element, every image loaded.
+SETTLED_JS = """() => {
+  const main = document.querySelector('[data-testid="stMain"]') || document.body;
+  if (document.querySelector('[data-testid="stStatusWidget"]')) return false;
+  if (main.querySelector('[data-testid="stElementContainer"][data-stale="true"]')) return false;
+  const imgs = [...main.querySelectorAll('img')];
+  return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
 }"""
 
 
@@ -122,7 +124,7 @@ def classroom(options: Options) -> list[Row]:
 
 
 def load(options: Options) -> list[Row]:
-    """One student's Explore upload → all four tabs' figures, idle, then while two other sessions train (each
+    """One student's Explore upload → all four views' figures, idle, then while two other sessions train (each
     started from the Train page's button); the median of a few uploads each."""
     n = 1 if options.quick else 3
     size = QUICK_PHOTO if options.quick else PHOTO
@@ -131,11 +133,11 @@ def load(options: Options) -> list[Row]:
         async with _browser() as browser:
             student = await (await browser.new_context(viewport={"width": 1400, "height": 1000})).new_page()
             await _open_upload(student, url)
-            idle = [await _upload(student, f"idle{i}.jpg", _photo(200 + i, size), all_tabs=True) for i in range(n)]
+            idle = [await _upload(student, f"idle{i}.jpg", _photo(200 + i, size), all_views=True) for i in range(n)]
             trainers = [await (await browser.new_context(viewport={"width": 1400, "height": 1000})).new_page()
                         for _ in range(2)]
             await asyncio.gather(*(_start_training(t, url) for t in trainers))
-            busy = [await _upload(student, f"busy{i}.jpg", _photo(300 + i, size), all_tabs=True) for i in range(n)]
+            busy = [await _upload(student, f"busy{i}.jpg", _photo(300 + i, size), all_views=True) for i in range(n)]
             still = all([await _training(t) for t in trainers])
             for t in trainers:
                 await t.locator(".st-key-train_stop button").click()
@@ -258,17 +260,17 @@ def _uploader(page):
         'input[type="file"]')
 
 
-async def _upload(page, name: str, photo: bytes, all_tabs: bool = False) -> float:
-    """Seconds from handing ``photo`` to the uploader until the page shows it rendered (with ``all_tabs``: until
-    each of Explore's four tabs, clicked in turn, shows its figure)."""
+async def _upload(page, name: str, photo: bytes, all_views: bool = False) -> float:
+    """Seconds from handing ``photo`` to the uploader until the page shows it rendered (with ``all_views``: until
+    each of Explore's four views, chosen in turn, shows its figures)."""
     start = time.perf_counter()
     await _uploader(page).set_input_files(files=[{"name": name, "mimeType": "image/jpeg", "buffer": photo}])
     await page.wait_for_function(RENDERED_JS, arg=name, polling=200, timeout=RENDER_S * 1000)
-    if all_tabs:
-        for tab in TABS:
-            await page.get_by_role("tab", name=tab).click()
-            await page.wait_for_function(PANEL_JS, polling=100, timeout=RENDER_S * 1000)
-        await page.get_by_role("tab", name=TABS[0]).click()
+    if all_views:
+        for view in (*[v for v in VIEWS if v != "Feature maps"], "Feature maps"):  # back to the first view at the end
+            await page.locator(".st-key-explore_view").get_by_role("radio", name=view, exact=True).click()
+            await page.get_by_text(VIEWS[view], exact=True).first.wait_for(timeout=RENDER_S * 1000)
+            await page.wait_for_function(SETTLED_JS, polling=100, timeout=RENDER_S * 1000)
     return time.perf_counter() - start
 
 

@@ -202,9 +202,9 @@ def compute(
     layer = "input" if spec.on_input else (layer or default_layer(model))
     module, call = (None, 0) if spec.on_input else _map_layer(model, layer)
 
-    # Our own leaf copy: gradients flow to it, never to the caller's tensor, and no parameter .grad is touched
-    # because only this tensor is asked for (autograd.grad, not backward).
-    image = x.detach().to(probe.device_of(model), copy=True).requires_grad_(True)
+    # Our own copy: gradients flow to it (saliency), never to the caller's tensor, and no parameter .grad is touched
+    # because only the tensor we name is asked for (autograd.grad, not backward).
+    image = x.detach().to(probe.device_of(model), copy=True).requires_grad_(spec.on_input)
     captured: dict[str, Tensor] = {}
     calls = 0
 
@@ -216,24 +216,27 @@ def compute(
         if not isinstance(output, Tensor) or output.ndim != 4:
             got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
             raise ValueError(f"layer {layer!r} outputs {got}; a CAM needs a (N, C, h, w) map: {_map_names(model)}")
-        captured["activations"] = output
+        # The map becomes a leaf of its own, and the pass records what the gradient needs from here on only: the
+        # layers before it ran without autograd (TorchCAM-like speed), and backpropagation stops at the layer.
+        leaf = output.detach().requires_grad_(True)
+        captured["activations"] = leaf
+        torch.set_grad_enabled(True)  # thread-local; the enclosing set_grad_enabled restores it after the pass
         # The rest of the network gets a copy: a later in-place layer (ReLU(inplace=True)) changes the copy, never
         # the map whose gradient we ask for.
-        return output.clone()
+        return leaf.clone()
 
     handle = module.register_forward_hook(hook) if module is not None else None
     try:
-        with probe.evaluating(model), torch.enable_grad():
+        with probe.evaluating(model), torch.set_grad_enabled(spec.on_input):
             logits = model(image)
             if not isinstance(logits, Tensor) or logits.ndim != 2:
                 raise ValueError("expected the model to return logits (1, num_classes)")
             score, index = _score(logits, target)
             if module is not None and "activations" not in captured:
                 raise ValueError(f"layer {layer!r} was called {calls} time(s) in the forward pass, not {call}")
-            # The gradient at the layer itself: backpropagation stops there instead of running on to the image
-            # (3x faster on ResNet-18's layer4), and no parameter's .grad is touched (autograd.grad, not backward).
             wrt = image if spec.on_input else captured["activations"]
-            (grad,) = torch.autograd.grad(score, wrt, allow_unused=True)
+            # A score computed without the map (a layer off the path to the output) has no graph back to it.
+            (grad,) = torch.autograd.grad(score, wrt, allow_unused=True) if score.requires_grad else (None,)
     finally:
         if handle is not None:
             handle.remove()
