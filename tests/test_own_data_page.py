@@ -8,9 +8,7 @@ browser by tests/test_browser_yours.py).
 from __future__ import annotations
 
 import io
-import re
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +16,10 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from cnnviz import data
+from tests.test_pages import APP, texts
+from tests.test_zoo_pages import by_link
+from tests.test_zoo_pages import photo as photo_upload
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
 def photo(kind: str, i: int) -> bytes:
@@ -44,12 +44,6 @@ def photos_zip(n: int = 12) -> bytes:
                 z.writestr(f"my photos/{kind}/{i}.{'jpg' if i % 2 else 'png'}", photo(kind, i))
         z.writestr("my photos/discs/broken.jpg", b"\xff\xd8\xff not really a jpeg")
     return buf.getvalue()
-
-
-def texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [e.value for e in at.error]
-    parts += [s.value for s in at.success] + [i.value for i in at.info] + [w.value for w in at.warning]
-    return re.sub(r"\\(.)", r"\1", "\n".join(parts))
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +122,9 @@ def own_code():
 
 @pytest.mark.slow
 def test_every_page_renders_on_the_users_own_model(own_code):
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.query_params["model"] = "code"
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert at.selectbox(key="model_pick").value == "code"
+    at = by_link("code")
     assert "Your code: tests.own_model:make" in at.selectbox(key="model_pick").format_func("code")
-    at.session_state["explore_last"] = __import__("tests.test_zoo_pages", fromlist=["photo"]).photo()
+    at.session_state["explore_last"] = photo_upload()
     at.switch_page("pages/explore.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.session_state["_borrowed"]["code"].info.class_names == ("cat", "dog", "bird", "fish")

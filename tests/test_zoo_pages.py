@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,9 @@ from streamlit.testing.v1 import AppTest
 from cnnviz import images, probe, zoo
 from cnnviz.ui import state
 from cnnviz.ui.widgets import PickedImage
+from tests.test_pages import APP, texts
 from tests.test_zoo import fake_weights, put_weights, to_bytes
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["pages/explore.py", "pages/convolution.py", "pages/hierarchy.py", "pages/lessons.py", "pages/train.py",
          "pages/home.py"]
 
@@ -55,10 +54,14 @@ def on(name: str, page: str) -> AppTest:
     return at
 
 
-def texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [e.value for e in at.error]
-    parts += [s.value for s in at.success] + [i.value for i in at.info] + [w.value for w in at.warning]
-    return re.sub(r"\\(.)", r"\1", "\n".join(parts))
+def by_link(model: str) -> AppTest:
+    """The app opened by a link that carries ``?model=…`` (the sidebar's first run, which AppTest sees whole)."""
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["model"] = model
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="model_pick").value == model
+    return at
 
 
 @pytest.mark.slow
@@ -85,11 +88,7 @@ def test_every_page_renders_on_a_zoo_network(hub, name):
 
 @pytest.mark.slow
 def test_a_link_opens_a_zoo_model_and_missing_weights_name_the_file(hub):
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.query_params["model"] = "resnet18"
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert at.selectbox(key="model_pick").value == "resnet18"
+    at = by_link("resnet18")
     body = texts(at)
     assert "resnet18-f37072fd.pth" in body and str(hub) in body
     assert "ResNet-18 (untrained)" in body and "accuracy not measured" in body
@@ -98,9 +97,7 @@ def test_a_link_opens_a_zoo_model_and_missing_weights_name_the_file(hub):
 
 @pytest.mark.slow
 def test_uploaded_weights_for_a_zoo_network_are_used_and_bad_ones_refused(hub):
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.query_params["model"] = "mobilenet_v3_small"
-    at.run()
+    at = by_link("mobilenet_v3_small")
     good = to_bytes(fake_weights("mobilenet_v3_small", seed=3))
     digest = hashlib.sha1(good).hexdigest()
     # What the uploader hands over once a file arrives (AppTest cannot drive a file uploader).
