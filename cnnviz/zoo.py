@@ -12,6 +12,7 @@ A model shared between sessions comes from :func:`shared`, loaded once per proce
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import threading
@@ -39,7 +40,9 @@ TITLES = {
     "googlenet": "GoogLeNet (Inception v1)",
     "mobilenet_v3_small": "MobileNetV3-Small",
 }
-WEIGHTS = ("imagenet", "random", "uploaded")  # where a ZooModel's weights came from
+# Where a ZooModel's weights came from: torchvision's published file (its SHA-256 checked), seeded random ones, a
+# user's upload, or a file in the cache under torchvision's name whose contents are not the published ones.
+WEIGHTS = ("imagenet", "random", "uploaded", "unverified")
 
 # Pinned rather than DEFAULT: the file name (and so the file an offline server was given) must not change when a
 # newer torchvision makes another set of weights the default.
@@ -86,7 +89,8 @@ class ZooModel:
     @property
     def label(self) -> str:
         """The title, saying when the weights are not torchvision's: "ResNet-18 (untrained)"."""
-        suffix = {"imagenet": "", "random": " (untrained)", "uploaded": " (your weights)"}[self.weights]
+        suffix = {"imagenet": "", "random": " (untrained)", "uploaded": " (your weights)",
+                  "unverified": " (weights not torchvision's)"}[self.weights]
         return self.title + suffix
 
 
@@ -164,7 +168,34 @@ def load(name: str, *, download: bool = False, progress: bool = True) -> ZooMode
             why = (f"Could not download the ImageNet weights for {title} ({_reason(e)}): put {path.name} in "
                    f"{path.parent} (downloaded from {_weights(name).url})")
         return _random(name, f"{why}; until then this {title} has random weights (untrained).")
+    if not published(name, path):
+        return ZooModel(name, title, _frozen(model), info(name), "unverified", (
+            f"The file {path.name} in {path.parent} holds weights for {title}, but not torchvision's published ones "
+            f"(its SHA-256 does not start with {_hash_prefix(name)}): it is shown as it is, and no ImageNet accuracy "
+            f"is quoted for it."))
     return ZooModel(name, title, _frozen(model), info(name), "imagenet")
+
+
+def _hash_prefix(name: str) -> str:
+    """The start of the SHA-256 of torchvision's file, as its name carries it: ``resnet18-f37072fd.pth`` → f37072fd."""
+    return weights_file(name).stem.rsplit("-", 1)[-1]
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """The SHA-256 of a file, remembered while its size and modification time stay the same."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def published(name: str, path: Path) -> bool:
+    """Whether the file at ``path`` is torchvision's published weights file for ``name``: its SHA-256 starts with the
+    prefix torchvision puts in the file's name (the check ``torch.hub`` makes on download with ``check_hash``)."""
+    seen = _stat(path)
+    return seen is not None and _sha256(str(path), *seen).startswith(_hash_prefix(name))
 
 
 def _reason(e: Exception) -> str:
@@ -202,7 +233,8 @@ def shared(name: str, *, download: bool = False) -> ZooModel:
     with lock:
         cached = _SHARED.get(name)
         seen = _stat(weights_file(name))
-        if cached is None or (cached.weights == "random" and (download or seen != _SHARED_SEEN.get(name))):
+        if cached is None or (cached.weights in ("random", "unverified")
+                               and (download or seen != _SHARED_SEEN.get(name))):
             cached = load(name, download=download)
             _SHARED[name] = cached
             _SHARED_SEEN[name] = _stat(weights_file(name))

@@ -273,7 +273,9 @@ def test_resnet18_from_a_link_walks_every_view_and_pages_512_channels(app_url, t
         _open(page, app_url, "?model=resnet18")
         sidebar = page.get_by_test_id("stSidebar")
         sidebar.get_by_text("ResNet-18").first.wait_for(timeout=120_000)
-        assert "untrained" not in sidebar.inner_text()  # the file is in the cache: its weights are used
+        # The file in the cache is used, and said not to be torchvision's: its checksum is not the published one.
+        sidebar.get_by_text("weights not torchvision's", exact=False).first.wait_for(timeout=60_000)
+        assert "untrained" not in sidebar.inner_text() and "as reported by torchvision" not in sidebar.inner_text()
         _nav(page, "Explore an image", "Explore an image")
         _upload_photo(page, photo)
         for view in VIEWS:

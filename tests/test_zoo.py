@@ -7,7 +7,9 @@ classifiers, as in torchvision's own file), and the download function is replace
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import threading
 import urllib.error
 import warnings
@@ -31,6 +33,24 @@ def hub(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(zoo, "_SHARED", {})
     monkeypatch.setattr(zoo, "_SHARED_SEEN", {})
     return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+@pytest.fixture
+def published(monkeypatch) -> set[str]:
+    """Names whose file in the hub counts as torchvision's published one. The real check compares the file's SHA-256
+    with the prefix in torchvision's file name, which no fake file can match: for these names the fake file's own
+    prefix stands in for it."""
+    names: set[str] = set()
+    real = zoo._hash_prefix
+
+    def prefix(name: str) -> str:
+        path = zoo.weights_file(name)
+        if name in names and path.is_file():
+            return hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+        return real(name)
+
+    monkeypatch.setattr(zoo, "_hash_prefix", prefix)
+    return names
 
 
 def fake_weights(name: str, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -118,8 +138,9 @@ def test_unknown_name_is_a_zoo_error_listing_the_names(hub, call):
 # --- load: cached, missing, downloaded, damaged --------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["resnet18", "googlenet", "mobilenet_v3_small"])
-def test_cached_file_gives_pretrained_model_holding_the_files_weights(hub, name):
+def test_cached_file_gives_pretrained_model_holding_the_files_weights(hub, published, name):
     state = put_weights(hub, name)
+    published.add(name)
     z = zoo.load(name)
     assert (z.name, z.title, z.weights, z.pretrained, z.note) == (name, zoo.TITLES[name], "imagenet", True, "")
     assert z.label == zoo.TITLES[name]
@@ -128,6 +149,35 @@ def test_cached_file_gives_pretrained_model_holding_the_files_weights(hub, name)
     assert not z.model.training and not any(p.requires_grad for p in z.model.parameters())
     with torch.no_grad():
         assert z.model(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_file_hash_prefix_is_the_one_in_torchvisions_file_name():
+    assert zoo._hash_prefix("resnet18") == "f37072fd" and zoo._hash_prefix("vgg16") == "397923af"
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_a_file_under_torchvisions_name_but_other_contents_is_used_and_never_called_imagenet(hub, name):
+    state = put_weights(hub, name)  # torchvision's file name, random contents: its SHA-256 cannot match
+    z = zoo.load(name)
+    assert (z.weights, z.pretrained) == ("unverified", True)
+    assert z.label == f"{zoo.TITLES[name]} (weights not torchvision's)"
+    assert zoo.weights_file(name).name in z.note and "no ImageNet accuracy is quoted" in z.note
+    assert_holds(z.model, state)
+    assert not zoo.published(name, zoo.weights_file(name))
+    assert not zoo.published(name, hub / "missing.pth")
+
+
+def test_shared_unverified_copy_is_replaced_when_the_file_changes(hub, published):
+    put_weights(hub, "resnet18", seed=1)
+    first = zoo.shared("resnet18")
+    assert first.weights == "unverified" and zoo.shared("resnet18") is first
+    path = zoo.weights_file("resnet18")
+    state = put_weights(hub, "resnet18", seed=2)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # a new file, surely seen as one
+    published.add("resnet18")
+    second = zoo.shared("resnet18")
+    assert second is not first and second.weights == "imagenet"
+    assert_holds(second.model, state)
 
 
 def test_cached_googlenet_is_torchvisions_inference_network(hub):
@@ -167,8 +217,9 @@ def test_vgg16_without_its_file_is_untrained_vgg16(hub):
     assert sum(p.numel() for p in z.model.parameters()) == 138_357_544
 
 
-def test_download_goes_through_torch_hub_into_its_cache(hub, monkeypatch):
+def test_download_goes_through_torch_hub_into_its_cache(hub, published, monkeypatch):
     state = fake_weights("mobilenet_v3_small")
+    published.add("mobilenet_v3_small")
     calls = []
 
     def fake_download(url, dst, hash_prefix=None, progress=True):
@@ -234,9 +285,10 @@ def test_shared_is_one_copy_per_process_also_for_threads_asking_at_once(hub):
     assert zoo.shared("mobilenet_v3_small") is not got[0]
 
 
-def test_shared_random_copy_is_replaced_once_the_file_appears(hub):
+def test_shared_random_copy_is_replaced_once_the_file_appears(hub, published):
     untrained = zoo.shared("resnet18")
     state = put_weights(hub, "resnet18")
+    published.add("resnet18")
     trained = zoo.shared("resnet18")
     assert trained is not untrained and trained.weights == "imagenet"
     assert_holds(trained.model, state)

@@ -17,7 +17,7 @@ from cnnviz import images, probe, zoo
 from cnnviz.ui import state
 from cnnviz.ui.widgets import PickedImage
 from tests.test_pages import APP, texts
-from tests.test_zoo import fake_weights, put_weights, to_bytes
+from tests.test_zoo import fake_weights, published, put_weights, to_bytes  # noqa: F401  (published: a fixture)
 
 PAGES = ["pages/explore.py", "pages/convolution.py", "pages/hierarchy.py", "pages/lessons.py", "pages/train.py",
          "pages/home.py"]
@@ -66,8 +66,9 @@ def by_link(model: str) -> AppTest:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "googlenet"])
-def test_every_page_renders_on_a_zoo_network(hub, name):
+def test_every_page_renders_on_a_zoo_network(hub, published, name):
     put_weights(hub, name)
+    published.add(name)
     at = on(name, "pages/explore.py")
     body = texts(at)
     assert f"Looking inside **{zoo.TITLES[name]}**" in at.caption[0].value.replace("\\", "")
@@ -93,6 +94,14 @@ def test_a_link_opens_a_zoo_model_and_missing_weights_name_the_file(hub):
     assert "resnet18-f37072fd.pth" in body and str(hub) in body
     assert "ResNet-18 (untrained)" in body and "accuracy not measured" in body
     assert at.button(key="zoo_download_resnet18")  # torchvision downloads it, when the server is online
+
+
+@pytest.mark.slow
+def test_a_cached_file_that_is_not_torchvisions_quotes_no_imagenet_accuracy(hub):
+    put_weights(hub, "resnet18")  # torchvision's file name, other contents
+    body = texts(by_link("resnet18"))
+    assert "ResNet-18 (weights not torchvision's)" in body.replace("\\", "")
+    assert "as reported by torchvision" not in body and "accuracy not measured" in body
 
 
 @pytest.mark.slow

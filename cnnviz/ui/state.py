@@ -131,7 +131,7 @@ def _shared_id(choice: str, uploaded: str | None) -> str:
         return f"code-{id(usercode.registered())}"
     if uploaded:
         return f"zoo-{choice}-upload-{uploaded}"
-    return f"zoo-{choice}-{'imagenet' if zoo_model(choice).pretrained else 'random'}"
+    return f"zoo-{choice}-{zoo_model(choice).weights}"
 
 
 def _borrow(choice: str, uploaded: str | None) -> SessionModel:
