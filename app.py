@@ -19,7 +19,10 @@ st.set_page_config(page_title="cnnviz: see inside a CNN", page_icon=":material/v
 pages = {
     "": [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)],
     "Train": [st.Page("pages/train.py", title="Train a CNN", icon=":material/model_training:")],
-    "Explore": [st.Page("pages/explore.py", title="Explore an image", icon=":material/image_search:")],
+    "Explore": [
+        st.Page("pages/explore.py", title="Explore an image", icon=":material/image_search:"),
+        st.Page("pages/camera.py", title="Live camera", icon=":material/videocam:"),
+    ],
     "Learn": [
         st.Page("pages/convolution.py", title="Convolution step by step", icon=":material/grid_on:"),
         st.Page("pages/hierarchy.py", title="What each layer learns", icon=":material/stacks:"),

@@ -13,7 +13,8 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import browser_train, classroom, docs, inference, libraries, recipe, report, training, webapp, yours
+from benchmarks import (browser_train, camera, classroom, docs, gradients, inference, libraries, recipe, report, training,
+                        webapp, yours)
 from benchmarks.common import Options, resolve_device
 
 SECTIONS = {
@@ -34,6 +35,8 @@ SECTIONS = {
     "own-data": yours.own_data,
     "zoo-explore": yours.zoo_explore,
     "zoo-memory": yours.zoo_memory,
+    "camera": camera.camera,
+    "gradient-stats": gradients.gradient_stats,
 }
 # What a section says about its own length before it starts, beside the last recorded run's.
 ANNOUNCE = {"mnist-to-99": recipe.announce}

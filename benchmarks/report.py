@@ -78,7 +78,7 @@ class Result:
 
 # How many decimals each unit gets; values are stored unrounded.
 _FORMATS = {"%": "{:.2f}", "s": "{:.2f}", "ms": "{:.1f}", "img/s": "{:,.0f}", "MB": "{:,.0f}", "×": "{:.2f}",
-            "pp": "{:+.2f}", "MFLOP": "{:,.2f}", "GFLOP/s": "{:,.1f}", "r": "{:.6f}", "": "{:g}"}
+            "pp": "{:+.2f}", "MFLOP": "{:,.2f}", "frames/s": "{:.1f}", "GFLOP/s": "{:,.1f}", "r": "{:.6f}", "": "{:g}"}
 _UNSHOWN = ("", "r")  # units not written after the number ("r": a correlation coefficient)
 NAME_W, VALUE_W, TARGET_W = 56, 12, 12
 

@@ -19,8 +19,8 @@ from cnnviz.ui.widgets import PickedImage
 from tests.test_pages import APP, texts
 from tests.test_zoo import fake_weights, published, put_weights, to_bytes  # noqa: F401  (published: a fixture)
 
-PAGES = ["pages/explore.py", "pages/convolution.py", "pages/hierarchy.py", "pages/lessons.py", "pages/train.py",
-         "pages/home.py"]
+PAGES = ["pages/explore.py", "pages/camera.py", "pages/convolution.py", "pages/hierarchy.py", "pages/lessons.py",
+         "pages/train.py", "pages/home.py"]
 
 
 @pytest.fixture
