@@ -29,7 +29,9 @@ from cnnviz.train import History
 log = logging.getLogger(__name__)
 
 FORMAT = "cnnviz-checkpoint"
-VERSION = 1
+# 2: a spec's blocks say their type and may be residual or Inception blocks. Version 1 files (conv blocks without a
+# type) load as they always did; a version 2 file in an older cnnviz asks for an upgrade instead of failing on a field.
+VERSION = 2
 
 MB = 1024 * 1024
 MAX_BYTES = 20 * MB  # the server's upload limit (server.maxUploadSize) and the image cap are 20 MB too
@@ -58,7 +60,8 @@ class Checkpoint:
     info: DatasetInfo
     history: History = field(default_factory=History)
     metrics: dict = field(default_factory=dict)  # test_accuracy: float in [0, 1]; per_class: one such per class
-    filter_frames: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (step, first conv's weights)
+    # (step, the weights of the first conv layer the model runs: conv1, or block1.conv1 when a graph block comes first)
+    filter_frames: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     metrics_from_file: bool = False  # True: the metrics are what a loaded file reports, not measured here
 
     @property
@@ -212,9 +215,10 @@ def _checkpoint(payload: object) -> Checkpoint:
         raise CheckpointError(f"This file's model cannot be used here: {e}.") from None
     info = _dataset(payload.get("dataset"), spec)
     model = _model(spec, payload.get("state_dict"))
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))  # every spec has a conv layer
     return Checkpoint(model, spec, info, _history(payload.get("history")),
                       _metrics(payload.get("metrics"), spec.num_classes),
-                      _frames(payload.get("filter_frames"), tuple(model.conv1.weight.shape)), metrics_from_file=True)
+                      _frames(payload.get("filter_frames"), tuple(first_conv.weight.shape)), metrics_from_file=True)
 
 
 def _dataset(d: object, spec: ModelSpec) -> DatasetInfo:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 
 from torch import Tensor
 
-from cnnviz.probe import PoolPair, Record
+from cnnviz.probe import BranchView, PoolPair, Record, ResidualView
 from cnnviz.text import md
 
 
@@ -77,8 +78,83 @@ def feature_maps(record: Record, window: int | None, image_size: int) -> str:
     """The maps of one layer in words; ``window`` is the side of the input square one cell sees (None: unknown)."""
     shape = tuple(record.output.shape[1:])
     sees = f" Each cell of these maps sees {_window(window, image_size)}." if window is not None else ""
-    return (f"**{record.name}** gives {shape_words(shape)}. Each tile is one channel: bright where that channel's "
-            f"filter found its pattern in the image, dark where it did not.{sees}")
+    role = layer_role(record.name)
+    return (f"**{md(record.name)}**{f' ({role})' if role else ''} gives {shape_words(shape)}. Each tile is one "
+            f"channel: bright where that channel's filter found its pattern in the image, dark where it did "
+            f"not.{sees}")
+
+
+# The layers of a spec-built model's graph blocks (cnnviz.models), and what each one is, in words.
+_RESIDUAL_LAYER = re.compile(r"block(\d+)\.(conv1|bn1|relu1|conv2|bn2|shortcut|shortcut\.conv|shortcut\.bn|add|relu)")
+_INCEPTION_LAYER = re.compile(
+    r"inc(\d+)\.(?:concat|(branch1x1|branch3x3|branch5x5|branchpool)(?:\.(pool|(conv|bn|relu)([12])))?)")
+_RESIDUAL_ROLES = {
+    "conv1": "the first 3×3 convolution of F(x)", "bn1": "the batch norm after F(x)'s first convolution",
+    "relu1": "the ReLU between F(x)'s two convolutions", "conv2": "the second 3×3 convolution of F(x)",
+    "bn2": "the batch norm that ends F(x)", "shortcut": "the shortcut, which passes x on unchanged",
+    "shortcut.conv": "the shortcut's 1×1 convolution, which gives x the shape of F(x)",
+    "shortcut.bn": "the batch norm of the shortcut's projection", "add": "the sum x + F(x)",
+    "relu": "the block's output, ReLU(x + F(x))",
+}
+_BRANCHES = {"branch1x1": "the 1×1 branch", "branch3x3": "the 3×3 branch", "branch5x5": "the 5×5 branch",
+             "branchpool": "the pooling branch"}
+_BRANCH_PATHS = {"branch1x1": "a 1×1 convolution", "branch3x3": "a 1×1 convolution that reduces the maps, then 3×3",
+                 "branch5x5": "a 1×1 convolution that reduces the maps, then 5×5",
+                 "branchpool": "a 3×3 max pooling, then a 1×1 convolution"}
+
+
+def layer_role(name: str) -> str:
+    """What a layer inside a residual or Inception block of a spec-built model is, in words ("in residual block 2,
+    the sum x + F(x)"); "" for any other layer."""
+    if m := _RESIDUAL_LAYER.fullmatch(name):
+        return f"in residual block {m[1]}, {_RESIDUAL_ROLES[m[2]]}"
+    m = _INCEPTION_LAYER.fullmatch(name)
+    if not m:
+        return ""
+    block, branch, layer, kind, n = m.groups()
+    if branch is None:
+        return f"in Inception block {block}, the four branches' maps stacked"
+    what = _BRANCHES[branch]
+    if layer == "pool":
+        what = f"the max pooling of {what}"
+    elif layer:
+        conv = f"the {'first' if n == '1' else 'second'} convolution of {what}"
+        what = conv if kind == "conv" else f"the {'batch norm' if kind == 'bn' else 'ReLU'} after {conv}"
+    return f"in Inception block {block}, {what}"
+
+
+def _rms(t: Tensor) -> float:
+    return float(t.detach().float().pow(2).mean().sqrt())
+
+
+def residual(view: ResidualView) -> str:
+    """A residual block's sum in words, measured on the first image of ``view``."""
+    x, shortcut, fx, total = view.x[0], view.shortcut[0], view.fx[0], view.sum[0]
+    carried = (f"made {shape_words(tuple(shortcut.shape))} by the shortcut's 1×1 convolution, because the block "
+               f"changes the number or the size of the maps" if view.projection else "passed on unchanged")
+    ratio = _rms(fx) / max(_rms(shortcut), 1e-12)
+    zeroed = float((total <= 0).float().mean())
+    return (f"**{md(view.block)}** adds two things cell by cell: x, its input ({shape_words(tuple(x.shape))}, "
+            f"{carried}), and F(x), what its two 3×3 convolutions compute from x. So the block only has to learn the "
+            f"change to make to x, and in training the gradient reaches the layers before it through the "
+            f"shortcut, past the convolutions. Here F(x) is {ratio:.2f} times as large as x (root mean square). "
+            f"Then a ReLU sets the negative sums to 0: {zeroed:.0%} of the cells of x + F(x).")
+
+
+def branches(view: BranchView) -> str:
+    """An Inception block's branches in words, measured on the first image of ``view``."""
+    parts, means = [], {}
+    for path, out in view.branches.items():
+        kind = path.rpartition(".")[2]
+        parts.append(f"{_BRANCH_PATHS.get(kind, md(kind))} ({_plural(out.shape[1], 'map')})")
+        means[kind] = float(out[0].float().mean())
+    strongest, weakest = max(means, key=means.get), min(means, key=means.get)
+    listed = f"{'; '.join(parts[:-1])}; and {parts[-1]}" if len(parts) > 1 else parts[0]
+    return (f"**{md(view.block)}** looks at the same {shape_words(tuple(view.input.shape[1:]))} in "
+            f"{len(parts)} ways at once: {listed}. Their maps keep the same size and are stacked into "
+            f"{shape_words(tuple(view.output.shape[1:]))}, so the next layer can use whichever window size fits. "
+            f"For this image the most active branch is {_BRANCHES.get(strongest, md(strongest))} (mean activation "
+            f"{means[strongest]:.2f}), the least {_BRANCHES.get(weakest, md(weakest))} ({means[weakest]:.2f}).")
 
 
 def pooling(pair: PoolPair) -> str:

@@ -3,6 +3,9 @@
 Layer names are module paths from ``named_modules()`` (``"layer1.0.conv1"``), so they match ``print(model)``, as
 in torchvision's ``create_feature_extractor``. A module called more than once in one forward pass (torchvision's
 ResNet ``BasicBlock`` reuses ``self.relu``) gets one record per call: ``"layer1.0.relu"``, ``"layer1.0.relu#2"``.
+
+The graph blocks of a spec-built model (:mod:`cnnviz.models`) are read back from the records of their layers:
+:func:`residual` gives a residual block's x, F(x) and x + F(x), :func:`branches` an Inception block's branches.
 """
 
 from __future__ import annotations
@@ -62,6 +65,31 @@ class PoolPair:
     output: Tensor
     # Max pooling only: (C, h, w) int64, for each output cell the flat index into the input's H*W plane of the winner.
     argmax: Tensor | None
+
+
+@dataclass
+class ResidualView:
+    """One residual block's sum, for every image of a probe: each tensor ``(N, C, H, W)``.
+
+    ``sum == shortcut + fx`` (up to float rounding) and ``output == relu(sum)``."""
+
+    block: str  # module path, e.g. "block2"
+    x: Tensor  # the block's input
+    shortcut: Tensor  # x as the shortcut brings it to the sum: x itself, or its 1×1 projection (then projection=True)
+    fx: Tensor  # F(x): what the block's two convolutions make of x
+    sum: Tensor  # x + F(x), the output of the block's ``add``
+    output: Tensor  # ReLU(x + F(x)), the block's output
+    projection: bool
+
+
+@dataclass
+class BranchView:
+    """One Inception block's branches side by side, for every image of a probe."""
+
+    block: str  # module path, e.g. "inc3"
+    input: Tensor  # (N, C_in, H, W), what every branch gets
+    branches: dict[str, Tensor]  # branch path ("inc3.branch3x3") → its output (N, C_k, H, W), in concatenation order
+    output: Tensor  # (N, sum of C_k, H, W): the branches' maps stacked, the output of the block's ``concat``
 
 
 class UnknownLayerError(KeyError, ValueError):
@@ -244,6 +272,57 @@ def pooling_pairs(records: dict[str, Record]) -> list[PoolPair]:
             argmax = indices[0]  # (C, h, w), flat index into H*W
         pairs.append(PoolPair(name=record.name, input=image, output=record.output[0], argmax=argmax))
     return pairs
+
+
+def graph_blocks(records: dict[str, Record]) -> dict[str, str]:
+    """The residual and Inception blocks among the records of a spec-built model, in the order they ran:
+    ``{"block2": "residual", "inc3": "inception"}``; empty for other models."""
+    found = {}
+    for name in records:
+        path, dot, leaf = name.rpartition(".")
+        if dot and leaf == "add" and f"{path}.conv1" in records:
+            found[path] = "residual"
+        elif dot and leaf == "concat" and any(n.startswith(f"{path}.branch") for n in records):
+            found[path] = "inception"
+    return found
+
+
+def residual(records: dict[str, Record], block: str) -> ResidualView:
+    """x, F(x) and x + F(x) of the residual block ``block`` from the records of one :func:`run`.
+
+    F(x) is the output of ``{block}.bn2`` (``{block}.conv2`` for a block without batchnorm); the shortcut's is that
+    of ``{block}.shortcut`` (identity) or of the last layer inside it (``shortcut.bn`` of a projection)."""
+    _check_block(records, block, "residual")
+    inside = _inside(records, f"{block}.shortcut")
+    fx = records.get(f"{block}.bn2") or records[f"{block}.conv2"]
+    return ResidualView(block=block, x=records[f"{block}.conv1"].input, shortcut=records[inside[-1]].output,
+                        fx=fx.output, sum=records[f"{block}.add"].output, output=records[f"{block}.relu"].output,
+                        projection=inside != [f"{block}.shortcut"])
+
+
+def branches(records: dict[str, Record], block: str) -> BranchView:
+    """The output of each branch of the Inception block ``block`` (the output of the last layer run inside it) and of
+    the block, from the records of one :func:`run`."""
+    _check_block(records, block, "inception")
+    first: dict[str, str] = {}  # branch path → its first record
+    for name in records:
+        if name.startswith(f"{block}.branch"):
+            first.setdefault(name[: name.index(".", len(block) + 1)], name)
+    return BranchView(block=block, input=records[next(iter(first.values()))].input,
+                      branches={path: records[_inside(records, path)[-1]].output for path in first},
+                      output=records[f"{block}.concat"].output)
+
+
+def _inside(records: dict[str, Record], path: str) -> list[str]:
+    """Names of the records of the module at ``path`` or inside it, in the order they ran."""
+    return [name for name in records if name == path or name.startswith(f"{path}.")]
+
+
+def _check_block(records: dict[str, Record], block: str, kind: str) -> None:
+    blocks = graph_blocks(records)
+    if blocks.get(block) != kind:
+        valid = [name for name, k in blocks.items() if k == kind]
+        raise UnknownLayerError(f"no {kind} block named {block!r}; {kind} blocks: {', '.join(valid) or 'none'}")
 
 
 def channel_stats(t: Tensor) -> dict[str, Tensor]:

@@ -1,6 +1,8 @@
+import base64
 import io
 import re
 import zipfile
+import zlib
 
 import pytest
 import torch
@@ -161,7 +163,7 @@ def test_unknown_metrics_dropped_and_known_ones_kept_as_floats():
     (dict(title="t" * 81), "its dataset title"),
     (dict(description=b"bytes"), "its description must be printable text"),
     (dict(invert="no"), "'invert' must be true or false, got 'no'"),
-    (dict(preset="huge"), "its preset must be one of gap, tiny, tinyvgg, deep, got 'huge'"),
+    (dict(preset="huge"), f"its preset must be one of {', '.join(models.PRESETS)}, got 'huge'"),
     (dict(epochs=0), "its number of epochs must be a whole number from 1 to 1,000, got 0"),
 ])
 def test_dataset_fields_checked(change, words):
@@ -385,4 +387,99 @@ def test_an_own_dataset_may_have_any_shape_a_built_in_name_may_not():
     payload = _own_payload()
     payload["dataset"]["name"] = "cifar10"  # 10 classes of 3×32×32: this model's 3 classes of 3×24×24 do not fit
     with pytest.raises(checkpoint.CheckpointError, match="CIFAR-10 has 10 classes of 3×32×32 images"):
+        checkpoint.load(_saved(payload))
+
+
+# Files from before graph blocks, and models with graph blocks.
+
+# A checkpoint written by cnnviz at commit ab8d39b (before graph blocks: format version 1, conv blocks without a
+# "type"), zlib-compressed and base64-encoded here, made by:
+#   spec = models.ModelSpec(1, 8, 2, [models.ConvBlock(2, batchnorm=True),
+#                                     models.ConvBlock(3, kernel=1, padding=0, pool="none")], global_pool=True)
+#   info = data.DatasetInfo("yours-0123456789ab", "Old", ("a", "b"), 1, 8, (0.5,), (0.25,))
+#   m = models.build(spec, seed=0); bn1's running mean and variance drawn from U(-1, 1) and U(0.5, 2) after
+#   torch.manual_seed(0); m.eval(); saved with a one-step history, metrics and one filter frame.
+OLD_CHECKPOINT = (
+    "eNrVWG1sHEcZXvsSf1wcf7WunTSEpAG6hti5T99d7fjgCOc0mybOJQ3Xgrvs7c55F593792ds2uXoynBTgwtSfkoaUsLoYG0BAkkKkUi5Cr+0ipq"
+    "kYD+AIoEhFb9QQBVUAkJZmbP5921Ejf2D8Rap9udnedj3nfmnTmPCr51HNfUxC272rlOTjJlVZtCuxQJS/3FiUI61crd77qO1ZeB47MNBJA3zEkJ"
+    "Q122gzzIuj6lzfbJKpInioamY6jPNpL2KWRamqGDT6jLEmHOKiIZ1pVhPZ/dQB41XZRVSddRwYIG0sVP2yalcSRa2iyCRqGJddNLk6JckCwLWdAk"
+    "1DP5XMGQJyxoHgM/X4YNfJaOqUbWUu01gUzyDBsFH7NTlBRF08ehlWjR1xY2NQVBW1VakrE2JWFquJ3ZNVGhBB3stmgYBejM+sjtpPQg3JJtrjba"
+    "Vm8lgrQlJ2FZ1UlooOskk1RMo2iUMNw2shjpUhm6ebVF8KkbhTq1VeBUoq+2qx1qJ1PSDR1Bj0oY1a4F1YFDzLOqKQrSYZPAZVvoI5IUcVFkc60z"
+    "i9t4wchJBZFZv/1kyfZDcmshDFvK8D7e1pMmEWzNdpLbGaNkWn2BYCgciQ7E4gkpB+/PricvsIYLCLax4R8sKLCd8bOciBRvwR3ZOhpB2MG+c/CB"
+    "efggGWQ17TREHyLZpA+TSNLhzpHkH2ync8AzWgsr0DuSfHWx9cNstJpOphCGjywwQQVZsqkVWYZ2Zmk/6GPdUNGQVQv6q2kvmoiOcRfTw5o+AwHW"
+    "Tpqpk6CdfChJlgohljf7jYgNCAtcic0GC0sYiYomY4iUIcqzcMuGPhXsn0bauIphQMYGWTL9YglrBcsvmihX0gqKiJFuGaY4FfJDjOdZ2C3Sk8xr"
+    "iNsQf7pgSPiw3eiHBAtaAO5ikZCLJRgUOjEMHRI4XqgX6gSf4MOwmxeayR9ZSxiGF2TZKBSQTGNh+Q+aCjKRsoeY9UOyNwMfxfCxDKTYQHJ6zfHH"
+    "VWJIjau2YBD2qINCPYZPECGhfg7SQt0cjCyolGEvhrszsI+tK8qQ0yQLBBc+BPtt/D1V/AGKP2jjRzEcykAm217FmyVdJ2tPZOk/7OIJwxGb594q"
+    "z1HK80mbJ4vhvgzcn23z8ExJJnzKRROBT9s0Y1WaByiNaNN8BoOUgVy2u0pDawpbrMgSsSnJE0gB2aarpmi/oY/XMqQwhSggokDCnycKvb028zgG"
+    "NQNabXqEFoP9WZe7AZgg2AYMBZZVH8sroZq0M8zudZvRwFDMALDk2Yws+KaLLwYW4SPTAtPR+uagREc7ZTNMY3gwAzNsauflRUOzLoI4PGQb+hwL"
+    "l+CbhzKdXPPweZvkYQzHMvAIm7+EhHn4gosiAcftiH+xGvE56mHehp/AcDIDC3bZUTW6AmbgS2X4Ms9KioVR0YJHx+CxMnzFrkS0CU6RmrF+cUnD"
+    "6VqdYD0KhmXB4yPJq3l2seUiyTJ8dalbPe1mwtdGkqO5e375txf+XZLU/jH4erXgS7hkwTfYrM5rumapJO9PVIuDZJG68k21z16xiIReseDMEnXL"
+    "4vZkiUVkihY8uVRvaa6mSLG138NTtIo0smpH9hjZgqfL8C0+u5HWI2RhkZgukVk3A8+MJN+sUrAdhfCysgrPjsG3+Zr2SPKafYNKjCSvFTDpmjdZ"
+    "8f1OGc7yKonldwVOYrJ2xi14bgzO1VJGQxMMwPdUVl2+764u5x3V5Xk7gy9g+EEGLkilUv+o0Ni06zd7fv4uIaef0eseJLq5VO0g0W8fEsTqMSCd"
+    "GvacJ272ClIfF//62+N09tHP9X1s5mJLPqrlV5QK2rg+iXScToVXY2UgQg0kp+EtGsv6Gxro4JI1A7kZjAxao9OpwbWEoKBhshFTD3O7/7iJztqG"
+    "G3po5YZdp7pdgXTqrjUYOPrYjkv87bFhZfrRytHwQ5UD077K1baLuy9or19649CJ4SeO/P1n+XMv7j598MplITB/+dUNz1V62nKVp19sqVw4sG/o"
+    "7WsNwy9f2T9MR9D7u1d+tJd43LvCCIbcIwimU/FVj4DjjiXph+qfPtTwKyrYdHP6obXp2xfV1964A61CP7wm/SPvXHrgSDMb/9svhy+uQj+yFv0f"
+    "v7s9ue0nIaY/uOnU46vQj/6P4z+wFv3fF9+pzJ9/pnL+4ePD/xy9LfkXX1dlttTI4nH2+KlYD1HsWcHPTrefWDrFv2c/WyfeuhwdenL32Td3MM07"
+    "/+RfR3e1lhU0427NeDoVWVUMZrY0v3St+6eVvT/sqrxi5Su/yP9n+NxTL1WoF+W+8PZVjD9xM+Mv3nKyMjR3hekd7vzH1ZXz38YNeuoPKaEx7v+m"
+    "fjr917bhVfsP+6nya8+O37vy/reVCy1twCx0FjI1sgPPsp/YoqakU/03aSQYSwzEI6FoPB6KDATC0UgiHAqEI4FEPBEOJKL0PhaLBqPU5b4/n7iV"
+    "Jz545rKOmq35dB5l2pc59/4fxIt2HkC6Xci7m7jrHX68JM5DxGYXyWtOkmUnFy+P8yDQ4eLJNHPLDyBeuHMWtbrgv27mPGcHL9a5g7qxZ/webNCL"
+    "dVZfN7Zngwcb8mKdO5dH14sNe7HOXcej2+LBRt675zNebNSLdVZ3j+5GD3bAi3VWaTf2eS825sU6q6obu6XVg417sc4K6dH1YhM3mldt7vG2eefG"
+    "sonlLDBu8OsO8HUWlnPdb3UviHZuhYo0KjQ07FysX74+x1ne/c2vs7//1b54nmigv7q4bV32s/3TZH2Djelg/e2+/wWnvVKD"
+)
+# Its logits for torch.linspace(-1, 1, 64).view(1, 1, 8, 8), printed by the code that wrote it.
+OLD_LOGITS = [[-0.39739754796028137, -0.5781737565994263]]
+
+
+def test_a_checkpoint_written_before_graph_blocks_still_loads():
+    raw = zlib.decompress(base64.b64decode(OLD_CHECKPOINT))
+    assert torch.load(io.BytesIO(raw), weights_only=True)["version"] == 1
+    ck = checkpoint.load(raw)
+    assert ck.spec.blocks == [models.ConvBlock(2, batchnorm=True), models.ConvBlock(3, 1, 0, pool="none")]
+    assert ck.class_names == ("a", "b") and ck.metrics == {"test_accuracy": 0.75, "per_class": [0.5, 1.0]}
+    assert [n for n, _ in ck.model.named_children()][:3] == ["conv1", "bn1", "relu1"]
+    assert ck.filter_frames[0][1].shape == (2, 1, 3, 3) and ck.history.steps[0]["loss"] == 0.7
+    with torch.no_grad():
+        logits = ck.model(torch.linspace(-1, 1, 64).view(1, 1, 8, 8))
+    assert torch.allclose(logits, torch.tensor(OLD_LOGITS), atol=1e-6)
+    again = checkpoint.load(checkpoint.to_bytes(ck))  # and saved again in today's format
+    assert again.spec == ck.spec and torch.equal(again.model(torch.ones(1, 1, 8, 8)), ck.model(torch.ones(1, 1, 8, 8)))
+
+
+@pytest.mark.parametrize("name, kind", [("mini-resnet", "residual"), ("mini-inception", "inception")])
+def test_graph_models_round_trip_with_their_first_convs_filters(name, kind):
+    spec = models.preset(name, 3, 24, 3)
+    model = models.build(spec, seed=1).eval()
+    frames = [(0, model.conv1.weight.detach().clone())]
+    raw = checkpoint.to_bytes(checkpoint.Checkpoint(model, spec, OWN, filter_frames=frames))
+    payload = torch.load(io.BytesIO(raw), weights_only=True)
+    assert payload["version"] == checkpoint.VERSION == 2
+    assert {b["type"] for b in payload["spec"]["blocks"]} == {"conv", kind}
+    back = checkpoint.load(raw)
+    x = torch.randn(2, 3, 24, 24)
+    assert back.spec == spec and torch.equal(back.model(x), model(x))
+    assert torch.equal(back.filter_frames[0][1], frames[0][1])
+
+
+def test_a_spec_that_starts_with_a_graph_block_keeps_that_blocks_first_filters():
+    spec = models.ModelSpec(3, 24, 3, [models.ResidualBlock(4), models.InceptionBlock(2, 2, 2, 2, 2, 2)],
+                            global_pool=True)
+    model = models.build(spec, seed=0).eval()
+    frames = [(0, model.block1.conv1.weight.detach().clone())]
+    back = checkpoint.load(checkpoint.to_bytes(checkpoint.Checkpoint(model, spec, OWN, filter_frames=frames)))
+    assert torch.equal(back.filter_frames[0][1], frames[0][1]) and back.filter_frames[0][1].shape == (4, 3, 3, 3)
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda p: p.update(version=3), "saved by a newer cnnviz"),
+    (lambda p: p["spec"]["blocks"][1].update(type="attention"),
+     "cannot be used here: block 2: 'type' must be 'conv' or 'residual' or 'inception', got 'attention'"),
+    (lambda p: p["spec"]["blocks"][1].update(stride=4), "block 2: 'stride' must be 1 or 2, got 4"),
+    (lambda p: p["state_dict"].pop("block2.shortcut.conv.weight"), "missing: block2.shortcut.conv.weight"),
+    (lambda p: p["state_dict"]["block2.bn2.running_var"].fill_(-1), "'block2.bn2.running_var' must not be negative"),
+])
+def test_graph_model_files_are_checked(mutate, words):
+    spec = models.ModelSpec(3, 24, 3, [models.ConvBlock(4), models.ResidualBlock(8)], global_pool=True)
+    payload = _payload(checkpoint.Checkpoint(models.build(spec, seed=0).eval(), spec, OWN))
+    mutate(payload)
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(words)):
         checkpoint.load(_saved(payload))

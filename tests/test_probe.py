@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from cnnviz import probe
+from cnnviz import models, probe
 
 
 def test_conv_record_equals_hand_computed_sliding_window_sum():
@@ -238,3 +238,71 @@ def test_an_unchanged_output_and_the_next_layers_input_share_one_copy():
     assert records["conv2"].input is records["relu1"].output
     assert (records["conv1"].output < 0).any() and (records["relu1"].output >= 0).all()
     torch.testing.assert_close(records["relu1"].output, records["conv1"].output.clamp(min=0))
+
+
+# Spec-built graph blocks (cnnviz.models): residual sums and Inception branches, read back from the records.
+
+def _graph_model() -> torch.nn.Module:
+    spec = models.ModelSpec(3, 16, 4, [models.ConvBlock(4, batchnorm=True), models.ResidualBlock(4),
+                                       models.ResidualBlock(6, stride=2), models.InceptionBlock(2, 2, 3, 1, 2, 1),
+                                       models.ResidualBlock(6, batchnorm=False)], global_pool=True)
+    model = models.build(spec, seed=0)
+    with torch.no_grad():  # running statistics that are not 0 and 1, so batchnorm does something
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2), m.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def test_layer_names_of_graph_blocks_are_dotted_paths_in_the_order_they_run():
+    model = _graph_model()
+    records = probe.run(model, torch.randn(2, 3, 16, 16))
+    assert list(records) == probe.layer_names(model)
+    assert list(records)[4:13] == ["block2.conv1", "block2.bn1", "block2.relu1", "block2.conv2", "block2.bn2",
+                                   "block2.shortcut", "block2.add", "block2.relu", "block3.conv1"]
+    assert records["block2.add"].module_type == "Add" and records["block2.add"].kind == "other"
+    assert records["inc4.concat"].shape == (2 + 3 + 2 + 1, 4, 4)  # 16 → 8 (pool1) → 4 (block3: stride 2)
+    assert probe.graph_blocks(records) == {"block2": "residual", "block3": "residual", "inc4": "inception",
+                                           "block5": "residual"}
+    assert probe.graph_blocks(probe.run(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), torch.randn(1, 1, 8, 8))) == {}
+
+
+def test_residual_view_is_x_f_of_x_and_their_sum():
+    model = _graph_model().eval()
+    x = torch.randn(2, 3, 16, 16)
+    records = probe.run(model, x)
+    with torch.no_grad():
+        into_block2 = model.pool1(model.relu1(model.bn1(model.conv1(x))))
+    for name, projection in (("block2", False), ("block3", True), ("block5", True)):
+        view = probe.residual(records, name)
+        block = getattr(model, name)
+        assert view.projection == projection and view.x.shape[0] == 2
+        with torch.no_grad():
+            assert torch.allclose(view.shortcut, block.shortcut(view.x))
+            fx = block.conv2(block.relu1(block.bn1(block.conv1(view.x)) if block.bn1 else block.conv1(view.x)))
+            assert torch.allclose(view.fx, block.bn2(fx) if block.bn2 else fx, atol=1e-6)
+        assert torch.equal(view.shortcut + view.fx, view.sum)  # the add's output is exactly x + F(x)
+        assert torch.equal(view.output, torch.relu(view.sum))
+    block2 = probe.residual(records, "block2")
+    assert torch.allclose(block2.x, into_block2) and torch.equal(block2.shortcut, block2.x)
+
+
+def test_branch_view_is_the_inception_blocks_branches_side_by_side():
+    model = _graph_model().eval()
+    records = probe.run(model, torch.randn(1, 3, 16, 16))
+    view = probe.branches(records, "inc4")
+    assert list(view.branches) == ["inc4.branch1x1", "inc4.branch3x3", "inc4.branch5x5", "inc4.branchpool"]
+    with torch.no_grad():
+        for path, out in view.branches.items():
+            assert torch.allclose(out, probe.get_module(model, path)(view.input))
+    assert torch.equal(torch.cat(list(view.branches.values()), dim=1), view.output)
+    assert [t.shape[1] for t in view.branches.values()] == [2, 3, 2, 1]
+
+
+def test_graph_views_name_the_blocks_there_are():
+    records = probe.run(_graph_model(), torch.randn(1, 3, 16, 16))
+    with pytest.raises(probe.UnknownLayerError, match="no residual block named 'inc4'; residual blocks: block2, "
+                                                      "block3, block5"):
+        probe.residual(records, "inc4")
+    with pytest.raises(probe.UnknownLayerError, match="no inception block named 'block2'; inception blocks: inc4"):
+        probe.branches(records, "block2")

@@ -472,3 +472,37 @@ def _box(support: torch.Tensor) -> tuple[int, int, int, int]:
     """Bounding box (top, left, bottom, right) of the non-zero entries of (H, W)."""
     rows, cols = support.nonzero(as_tuple=True)
     return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+
+
+# The graph blocks of cnnviz.models: a residual sum sees what its wider path sees, a concatenation its widest branch.
+
+def test_spec_built_residual_and_inception_blocks_known_answers():
+    # stem 3×3 (3 px), pool 2 (4 px, jump 2, centre 0.5); each 3×3 conv adds 2 × 2 px and a 5×5 one 4 × 2 px
+    rf = {f.name: (f.size, f.jump, f.out_size) for f in receptive_fields(
+        models.build(models.preset("mini-resnet", 3, 32, 8)), 32)}
+    assert rf["block2.conv1"] == (8, 2, 16) and rf["block2.conv2"] == (12, 2, 16)
+    assert rf["block2.shortcut"] == (4, 2, 16)  # the identity: x as it came in
+    assert rf["block2.add"] == rf["block2.relu"] == (12, 2, 16)
+    assert rf["block3.shortcut.conv"] == (12, 2, 16) and rf["block3.add"] == (20, 2, 16)
+    assert rf["gap"] == (20 + 15 * 2, 32, 1)
+    rf = {f.name: (f.size, f.jump, f.out_size) for f in receptive_fields(
+        models.build(models.preset("mini-inception", 3, 32, 8)), 32)}
+    assert [rf[f"inc2.{b}"][0] for b in ("branch1x1.relu1", "branch3x3.relu2", "branch5x5.relu2",
+                                         "branchpool.relu1", "concat")] == [4, 8, 12, 8, 12]
+    assert rf["inc3.branch5x5.relu2"] == rf["inc3.concat"] == (20, 2, 16)
+    strided = ModelSpec(1, 16, 2, [ConvBlock(2, pool="none"), models.ResidualBlock(4, stride=2)])
+    rf = {f.name: (f.size, f.jump, f.out_size) for f in receptive_fields(models.build(strided), 16)}
+    assert rf["block2.conv1"] == (5, 2, 8) and rf["block2.conv2"] == (9, 2, 8)
+    assert rf["block2.shortcut.conv"] == (3, 2, 8) and rf["block2.add"] == (9, 2, 8)
+
+
+@pytest.mark.parametrize("name", ["mini-resnet", "mini-inception"])
+def test_spec_built_graph_fields_match_the_gradient_of_one_unit_of_every_layer(name):
+    size = 32
+    model = _positive(models.build(models.preset(name, 3, size, 8)).eval())
+    fields = receptive_fields(model, size)
+    records = probe.run(model, torch.ones(1, 3, size, size))
+    assert [f.name for f in fields] == [n for n in records if records[n].output.ndim == 4]
+    cells = [(f.name, 0, f.out_size - 1) for f in fields]
+    for f, (_, row, col), support in zip(fields, cells, _supports(model, cells, size)):
+        assert _box(support) == window(f, row, col, size), f.name

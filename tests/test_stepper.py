@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnviz import data, probe, stepper
+from cnnviz import data, models, probe, stepper
 
 
 def _hand_model() -> nn.Sequential:
@@ -203,3 +203,35 @@ def test_steps_reuse_records_the_caller_has_without_a_forward_pass(trained_shape
         hook.remove()
     assert reused.total == pytest.approx(fresh.total) and reused.output == fresh.output
     assert pooled.value == pytest.approx(pooled.output)
+
+
+def test_conv_steps_inside_residual_and_inception_blocks():
+    spec = models.ModelSpec(3, 12, 4, [models.ConvBlock(4, pool="none"), models.ResidualBlock(6, stride=2),
+                                       models.InceptionBlock(2, 2, 3, 1, 2, 2, pool="max")], global_pool=True)
+    model = models.build(spec, seed=0).eval()
+    with torch.no_grad():  # statistics that are not 0 and 1, so each norm step does something
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2), m.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(1, 3, 12, 12, generator=torch.Generator().manual_seed(3))
+    records = probe.run(model, x)
+    generator = torch.Generator().manual_seed(4)
+    # The ReLU after block2.conv2 comes only after the sum with the shortcut: that conv's step ends at its norm.
+    for layer, norm, activation in (
+            ("block2.conv1", "block2.bn1", "block2.relu1"), ("block2.conv2", "block2.bn2", None),
+            ("block2.shortcut.conv", "block2.shortcut.bn", None),
+            ("inc3.branch3x3.conv2", "inc3.branch3x3.bn2", "inc3.branch3x3.relu2"),
+            ("inc3.branch5x5.conv2", "inc3.branch5x5.bn2", "inc3.branch5x5.relu2"),
+            ("inc3.branchpool.conv1", "inc3.branchpool.bn1", "inc3.branchpool.relu1")):
+        _, channels, h, w = records[layer].output.shape
+        for row, col in _cells(h, w, generator):
+            step = stepper.conv_step(model, x, layer, channels - 1, row, col, records=records)
+            assert step.total == pytest.approx(step.output, abs=1e-5), (layer, row, col)
+            assert (step.norm.name, step.activation_name) == (norm, activation)
+            assert step.after_norm == pytest.approx(float(records[norm].output[0, -1, row, col]), abs=1e-5)
+            if activation:
+                assert step.activated == pytest.approx(float(records[activation].output[0, -1, row, col]), abs=1e-5)
+    kernel = stepper.conv_step(model, x, "inc3.branch5x5.conv2", 0, 0, 0, records=records).kernel
+    assert kernel.shape == (1, 5, 5)  # over the one map of the 5×5 branch's reduce
+    step = stepper.pool_step(model, x, "inc3.branchpool.pool", 1, 2, 3, records=records)
+    assert step.value == step.output and step.window.shape == (3, 3)
