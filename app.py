@@ -27,6 +27,7 @@ pages = {
         st.Page("pages/convolution.py", title="Convolution step by step", icon=":material/grid_on:"),
         st.Page("pages/hierarchy.py", title="What each layer learns", icon=":material/stacks:"),
         st.Page("pages/lessons.py", title="Lessons", icon=":material/school:"),
+        st.Page("pages/architectures.py", title="Backpropagation and architectures", icon=":material/account_tree:"),
     ],
 }
 links.keep()

@@ -146,6 +146,27 @@ elif view == "Feature maps":
     st.image(figure_png(key + ("bars", layer, channel), lambda: figures.channel_bars(
         stats["mean"], stats["max"], highlight=channel, title=f"Activation of each of the {n} channels of {layer}")),
         width="stretch")
+    # Inside a residual or Inception block: the block's parts side by side (x, F(x), x + F(x); or its branches).
+    blocks = probe.graph_blocks(ins.records)
+    block = next((b for b in blocks if layer == b or layer.startswith(b + ".")), None)
+    if block is not None:
+        if blocks[block] == "residual":
+            rv = probe.residual(ins.records, block)
+            st.subheader(f"Inside {block}: x, F(x) and x + F(x)", anchor=False)
+            what(explain.residual(rv))
+            panels = [("x (what the shortcut carries)", rv.shortcut[0]), ("F(x) (the two convolutions)", rv.fx[0]),
+                      ("x + F(x) (the sum)", rv.sum[0])]
+        else:
+            bv = probe.branches(ins.records, block)
+            st.subheader(f"Inside {block}: its branches side by side", anchor=False)
+            what(explain.branches(bv))
+            panels = [(path.rpartition(".")[2], out[0]) for path, out in bv.branches.items()]
+        for col, (title, maps_) in zip(st.columns(len(panels)), panels):
+            few = list(range(min(16, maps_.shape[0])))
+            with col:
+                st.image(figure_png(key + ("block", block, title), lambda m=maps_, t=title, f=few: figures.feature_grid(
+                    m[f], channels=f, of=m.shape[0], title=f"{t}: {explain.shape_words(tuple(m.shape))}")),
+                    width="stretch")
 
 # --- pooling ----------------------------------------------------------------------------------------------------
 elif view == "Pooling":

@@ -1,11 +1,12 @@
 """Train: choose data, architecture and settings; watch the model learn live; keep, save or load it."""
 
+import json
 import time
 
 import pandas as pd
 import streamlit as st
 
-from cnnviz import charts, data, figures, models, train
+from cnnviz import charts, data, diagram, figures, models, runs, train
 from cnnviz.data import DatasetError
 from cnnviz.text import md
 from cnnviz.ui import jobs, links, owndata, state, widgets
@@ -84,26 +85,30 @@ st.session_state.setdefault("train_preset", info.preset)
 preset = st.radio("Preset", list(models.PRESETS), horizontal=True, key="train_preset",
                   captions=[p["description"] for p in models.PRESETS.values()])
 spec = models.preset(preset, info.channels, info.size, info.num_classes)
-with st.expander("Edit the conv blocks", icon=":material/tune:"):
-    st.caption("Each row is one block: convolution → (batchnorm) → activation → (pooling) → (dropout).")
+with st.expander("Edit the blocks", icon=":material/tune:"):
+    st.caption("Each row is one block. **conv**: convolution → (batchnorm) → activation → (pooling) → (dropout). "
+               "**residual**: two 3×3 convolutions, and a shortcut that adds the block's input to what they make. "
+               "**inception**: 1×1, 3×3, 5×5 and pooling branches side by side, their maps stacked. Cells of "
+               "another type's columns are ignored.")
+    number = st.column_config.NumberColumn
     edited = st.data_editor(
-        pd.DataFrame([b.__dict__ for b in spec.blocks]), num_rows="dynamic", key=f"blocks_{preset}_{ds_name}",
+        pd.DataFrame(models.block_rows(spec.blocks), columns=list(models.BLOCK_COLUMNS)), num_rows="dynamic",
+        key=f"blocks_{preset}_{ds_name}",
         column_config={
-            "channels": st.column_config.NumberColumn("channels", min_value=1, max_value=models.MAX_CHANNELS,
-                                                      step=1, default=16),
-            "kernel": st.column_config.NumberColumn("kernel", min_value=1, max_value=models.MAX_KERNEL, step=1,
-                                                    default=3),
-            "padding": st.column_config.NumberColumn("padding", min_value=0, max_value=models.MAX_PADDING, step=1,
-                                                     default=1),
-            "stride": st.column_config.NumberColumn("stride", min_value=1, max_value=models.MAX_STRIDE, step=1,
-                                                    default=1),
+            "type": st.column_config.SelectboxColumn("type", options=list(models.BLOCK_TYPES), default="conv"),
+            "channels": number("channels", min_value=1, max_value=models.MAX_CHANNELS, step=1, default=16),
+            "kernel": number("kernel", min_value=1, max_value=models.MAX_KERNEL, step=1, default=3),
+            "padding": number("padding", min_value=0, max_value=models.MAX_PADDING, step=1, default=1),
+            "stride": number("stride", min_value=1, max_value=models.MAX_STRIDE, step=1, default=1),
             "activation": st.column_config.SelectboxColumn("activation", options=list(models.ACTIVATIONS),
                                                            default="relu"),
             "pool": st.column_config.SelectboxColumn("pool", options=list(models.POOLS), default="max"),
-            "pool_size": st.column_config.NumberColumn("pool size", min_value=models.POOL_SIZES[0],
-                                                       max_value=models.POOL_SIZES[1], step=1, default=2),
+            "pool_size": number("pool size", min_value=models.POOL_SIZES[0], max_value=models.POOL_SIZES[1],
+                                step=1, default=2),
             "batchnorm": st.column_config.CheckboxColumn("batchnorm", default=False),
-            "dropout": st.column_config.NumberColumn("dropout", min_value=0.0, max_value=0.9, step=0.05, default=0.0),
+            "dropout": number("dropout", min_value=0.0, max_value=0.9, step=0.05, default=0.0),
+            **{name: number(name, min_value=1, max_value=models.MAX_CHANNELS, step=1)
+               for name in ("ch1x1", "ch3x3red", "ch3x3", "ch5x5red", "ch5x5", "pool_proj")},
         },
     )
 try:
@@ -113,9 +118,16 @@ except models.SpecError as e:
     st.error(f"This architecture cannot work: {e}", icon=":material/block:")
     st.stop()
 total_params = sum(r.params for r in rows)
-st.dataframe(pd.DataFrame([{"layer": r.name, "type": r.kind, "output shape": " × ".join(map(str, r.output_shape)),
-                            "parameters": r.params} for r in rows]), hide_index=True, height=220)
-st.caption(f"**{total_params:,} parameters** to learn. Each conv layer's output shape is channels × height × width.")
+cost = models.check(spec)
+table, drawing = st.columns([3, 2])
+table.dataframe(pd.DataFrame([{"layer": r.name, "type": r.kind, "output shape": " × ".join(map(str, r.output_shape)),
+                               "parameters": r.params} for r in rows]), hide_index=True, height=360)
+table.caption(f"**{total_params:,} parameters** to learn and {cost.macs / 1e6:,.1f} million multiply-adds per "
+              f"image. Each conv layer's output shape is channels × height × width.")
+drawing.image(figure_png(("diagram", json.dumps(spec.to_dict(), sort_keys=True)),
+                         lambda: diagram.figure(diagram.graph(spec))), width="stretch")
+drawing.caption("The architecture as a graph, input at the top: each box's output shape and parameters. Dashed "
+                "lines are shortcuts (residual blocks); side-by-side boxes are branches (inception blocks).")
 
 # --- 3. Settings and training ------------------------------------------------------------------------------------
 st.header("3 · Train", divider="gray", anchor=False)
@@ -150,7 +162,8 @@ config = train.TrainConfig(epochs=int(epochs), batch_size=batch, lr=lr, optimize
 job: jobs.TrainingJob | None = st.session_state.get("job")
 running = job is not None and job.snapshot().active
 b = st.columns([1, 1, 4])
-if b[0].button("Train", type="primary", icon=":material/play_arrow:", disabled=running, key="train_start"):
+if (b[0].button("Train", type="primary", icon=":material/play_arrow:", disabled=running, key="train_start")
+        or st.session_state.pop("train_next", False)):
     if not running:  # a second click while a job runs never starts a second job
         if n_val:
             train_part, val_part = data.holdout(full_train, sizes[n_train], n_val, int(seed))
@@ -164,6 +177,8 @@ if b[0].button("Train", type="primary", icon=":material/play_arrow:", disabled=r
                        "full too. Try again in a minute.", icon=":material/hourglass_top:")
         else:
             st.session_state.job_adopted = False
+            st.session_state.job_architecture = preset if spec == models.preset(
+                preset, info.channels, info.size, info.num_classes) else f"{preset} (edited)"
             running = True
 if b[1].button("Stop", icon=":material/stop:", disabled=not running, key="train_stop"):
     st.session_state.job.stop()
@@ -256,7 +271,37 @@ if snap is not None and snap.evaluation is not None and snap.result is not None:
         st.image(figures.to_png(figures.sample_grid(split.x[idx], labels, cols=8, title="The most confident mistakes "
                                                     "(true class, then what the model said)")), width="stretch")
 
-# --- 5. Save and load --------------------------------------------------------------------------------------------
+# --- 5. Compare runs ---------------------------------------------------------------------------------------------
+session_runs: runs.Runs = st.session_state.setdefault("runs", runs.Runs())
+if snap is not None and snap.result is not None and st.session_state.get("run_recorded") is not job:
+    st.session_state.run_recorded = job
+    ck = snap.result
+    session_runs.add(ck.model, st.session_state.get("job_architecture", "?"), ck.info.title, ck.info.input_shape,
+                     ck.history, snap.evaluation.accuracy if snap.evaluation is not None else None,
+                     {"epochs": config.epochs, "batch": config.batch_size, "lr": config.lr,
+                      "optimizer": config.optimizer})
+st.header("5 · Compare runs", divider="gray", anchor=False)
+st.caption("Every run of this session (the last few) with its size, its cost and how well it did, and their "
+           "validation curves on one chart. Train one model of each kind on the same data and compare: one click "
+           "each.")
+
+
+def _train_next(name: str) -> None:
+    """Choose a preset and start it on the next run (a callback: it runs before the preset widget is drawn)."""
+    st.session_state.train_preset, st.session_state.train_next = name, True
+
+
+for col, name in zip(st.columns(4), ("mini-vgg", "mini-resnet", "mini-inception", "gap")):
+    col.button(f"Train {name} on this data", icon=":material/play_arrow:", disabled=running,
+               key=f"train_next_{name}", on_click=_train_next, args=(name,))
+if len(session_runs):
+    st.dataframe(session_runs.table(), hide_index=True,
+                 column_config={"MFLOPs per image": st.column_config.NumberColumn(format="%.2f")})
+    st.plotly_chart(runs.curves(session_runs), key="runs_curves", width="stretch")
+else:
+    st.info("Finished runs appear here.", icon=":material/info:")
+
+# --- 6. Save and load --------------------------------------------------------------------------------------------
 st.header("Save or load a model", divider="gray", anchor=False)
 s = st.columns(2)
 with s[0]:

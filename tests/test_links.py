@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from cnnviz import checkpoint, maximize
 from cnnviz.text import md
-from cnnviz.ui import links, state
+from cnnviz.ui import lessonviews, links, state
 from cnnviz.ui.links import SPECS, Choice, Flag, Float, Int, Text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,6 +178,7 @@ PAGES = {
     "pages/convolution.py": (*links.CONVOLUTION, *PICKER, "presenter"),
     "pages/hierarchy.py": (*links.HIERARCHY, "presenter"),
     "pages/lessons.py": ("lesson", "step", "presenter"),
+    "pages/architectures.py": (*lessonviews.LINKS, "presenter"),
 }
 HOSTILE = st.one_of(
     st.sampled_from(["", " ", "[x](http://evil)", "<img src=x>", "**b**", "<script>alert(1)</script>",
@@ -376,3 +377,12 @@ def test_hierarchy_renders_any_link(query, watched):
 @example(query={"lesson": "**b**", "step": "nan"})
 def test_lessons_render_any_link(query, watched):
     check("pages/lessons.py", query, watched)
+
+
+@pytest.mark.slow
+@PAGE_SETTINGS
+@given(query=queries("pages/architectures.py"))
+@example(query={"arch_view": "Backpropagation", "bp_out": "4096", "bp_ky": "-1", "bp_layer": "<img src=x>"})
+@example(query={"arch_view": "**b**", "bp_lr": "nan", "vgg_model": "[x](http://evil)"})
+def test_architectures_renders_any_link(query, watched):
+    check("pages/architectures.py", query, watched)

@@ -180,3 +180,35 @@ def test_closing_the_tab_ends_its_training_within_seconds(tmp_path):
             assert time.monotonic() - closed < 10, "the training process outlived its tab by 10 s"
             time.sleep(0.2)
         assert _training_processes(server.pid) == []
+
+
+@pytest.mark.slow
+def test_graph_presets_show_blocks_and_diagram_and_a_run_joins_the_comparison_in_one_click():
+    """#13: residual and inception presets on the Train page (their blocks, layers and diagram), and "Train
+    mini-inception on this data" starts that run, which then appears in the comparison table and chart."""
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    at.switch_page("pages/train.py").run()
+    for name, layer in (("mini-resnet", "block2.add"), ("mini-inception", "inc2.branch3x3.conv2")):
+        at.radio(key="train_preset").set_value(name).run()
+        assert not at.exception, (name, [e.value for e in at.exception])
+        layers = [v for df in at.dataframe for v in (df.value["layer"] if "layer" in df.value else [])]
+        assert layer in layers, (name, layers[:20])
+        assert any("shortcuts (residual blocks)" in c.value for c in at.caption)
+    assert "Finished runs appear here." in [i.value for i in at.info]
+    at.select_slider(key="train_size").set_value("200").run()
+    at.number_input(key="train_epochs").set_value(1).run()
+    at.button(key="train_next_mini-inception").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state.job_architecture == "mini-inception"
+    deadline = time.monotonic() + 400
+    while at.session_state.job.snapshot().active:
+        assert time.monotonic() < deadline, "training did not end"
+        time.sleep(0.5)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    snap = at.session_state.job.snapshot()
+    rows = at.session_state.runs.table()
+    assert [r["architecture"] for r in rows] == ["mini-inception"]
+    assert rows[0]["test accuracy (%)"] == pytest.approx(100 * snap.evaluation.accuracy, abs=0.01)
+    assert rows[0]["parameters"] == sum(p.numel() for p in snap.result.model.parameters())
+    assert any("MFLOPs per image" in df.value.columns for df in at.dataframe)
