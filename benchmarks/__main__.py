@@ -13,8 +13,8 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import (browser_train, camera, classroom, docs, gradients, inference, libraries, recipe, report, training,
-                        webapp, yours)
+from benchmarks import (browser_train, camera, classroom, docs, gradients, inference, libraries, ray_jobs, recipe, report,
+                        training, webapp, yours)
 from benchmarks.common import Options, resolve_device
 
 SECTIONS = {
@@ -37,6 +37,7 @@ SECTIONS = {
     "zoo-memory": yours.zoo_memory,
     "camera": camera.camera,
     "gradient-stats": gradients.gradient_stats,
+    "ray-jobs": ray_jobs.ray_jobs,
 }
 # What a section says about its own length before it starts, beside the last recorded run's.
 ANNOUNCE = {"mnist-to-99": recipe.announce}

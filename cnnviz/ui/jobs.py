@@ -11,6 +11,12 @@ A server is shared by a class, so every job is bounded: at most ``CNNVIZ_MAX_JOB
 number of cores), at most ``CNNVIZ_MAX_QUEUE`` wait in line (default: twice that; beyond it :meth:`TrainingJob.start`
 raises :class:`ServerFull`), each trains for at most ``CNNVIZ_JOB_TIME_CAP`` seconds (default 300) and then stops
 keeping what it learned, and a job whose browser session has ended stops within seconds.
+
+When ``CNNVIZ_RAY_ADDRESS`` is set (``cnnviz app --ray ADDRESS``), the same job trains as a task on that Ray cluster
+instead (:mod:`cnnviz.cluster`), asking for ``CNNVIZ_RAY_CPUS`` CPUs (default 2), or a GPU when the cluster has one
+and the run is long enough to be worth it. The page sees no difference: the same reports at the same rate, Stop,
+the line (its slots are then the cluster's: ``CNNVIZ_MAX_JOBS``, default as many jobs as the cluster's CPUs hold),
+the time cap, the end with the session; a task lost with its node fails the job with a reason.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from cnnviz import models
+from cnnviz import cluster, models
 from cnnviz.checkpoint import Checkpoint
 from cnnviz.data import Split
 from cnnviz.train import Evaluation, History, TrainConfig
@@ -38,6 +44,8 @@ log = logging.getLogger(__name__)
 
 MAX_JOBS = int(os.environ.get("CNNVIZ_MAX_JOBS", 0)) or os.cpu_count() or 1
 MAX_QUEUE = int(os.environ.get("CNNVIZ_MAX_QUEUE", 0)) or 2 * MAX_JOBS
+RAY_ADDRESS = os.environ.get(cluster.ADDRESS_ENV) or None  # train on this Ray cluster (None: in local processes)
+RAY_CPUS = float(os.environ.get("CNNVIZ_RAY_CPUS", 0)) or 2.0  # CPUs a job asks the cluster for
 TIME_CAP = float(os.environ.get("CNNVIZ_JOB_TIME_CAP", 0)) or 300.0  # seconds of training per job
 # The web server's own share of the cores while jobs train, served with .streamlit/config.toml and a Train page
 # polling each second (measured with py-spy and /proc: ~0.1 core). Training threads get the rest.
@@ -81,6 +89,26 @@ def start_worker_server() -> None:
             forkserver.ensure_running()
         finally:
             os.environ.update(kept)
+
+
+def start_backend() -> None:
+    """Get ready to train, so that the first Train click does not wait and a wrong setting shows at start: the fork
+    server, or the connection to the Ray cluster (:class:`cluster.ClusterError` when it cannot be reached)."""
+    if RAY_ADDRESS:
+        _use_cluster()
+    else:
+        start_worker_server()
+
+
+def _use_cluster() -> None:
+    """Connect to the Ray cluster once, and size the line to it unless ``CNNVIZ_MAX_JOBS`` says otherwise."""
+    global _line_sized
+    cluster.connect(RAY_ADDRESS)
+    with _start_lock:
+        if not _line_sized:
+            slots = cluster.capacity(cluster.cpus_for(RAY_CPUS))
+            _line.resize(slots, int(os.environ.get("CNNVIZ_MAX_QUEUE", 0)) or 2 * slots)
+            _line_sized = True
 
 
 def _start(process: mp.process.BaseProcess) -> None:
@@ -134,6 +162,12 @@ class Line:
         self.running: list[TrainingJob] = []
         self.waiting: list[TrainingJob] = []
         self._changed = threading.Condition()
+
+    def resize(self, slots: int, max_waiting: int) -> None:
+        """Change the number of slots and places in line (jobs already in line keep their place)."""
+        with self._changed:
+            self.slots, self.max_waiting = slots, max_waiting
+            self._changed.notify_all()
 
     def join(self, job: TrainingJob) -> None:
         """Take a free slot, or a place at the end of the line; :class:`ServerFull` when the line is full."""
@@ -242,6 +276,7 @@ class TrainingJob:
         self._snap = Snapshot(total_steps=config.total_steps(len(train_split)))
         self._thread = threading.Thread(target=self._run, name="cnnviz-train", daemon=True)
         self.process: mp.process.BaseProcess | None = None  # the training process, once started
+        self.remote: cluster.RemoteRun | None = None  # the training task on a Ray cluster, once submitted
 
     def start(self) -> "TrainingJob":
         """Take a training slot or a place in line and start; :class:`ServerFull` when neither is free."""
@@ -273,9 +308,10 @@ class TrainingJob:
             snap = replace(self._snap, place=place, wait=wait)
             snap.history = {"steps": list(self._snap.history["steps"]), "epochs": list(self._snap.history["epochs"])}
         if place:
+            slots, where = _line.slots, "on the cluster" if RAY_ADDRESS else "on this server"
             snap.message = (f"Waiting for a free training slot: you are number {place} in line, about "
-                            f"{_duration(wait)} to wait. {MAX_JOBS} training job{'s are' if MAX_JOBS > 1 else ' is'} "
-                            f"running on this server.")
+                            f"{_duration(wait)} to wait. {slots} training job{'s are' if slots > 1 else ' is'} "
+                            f"running {where}.")
         return snap
 
     def _update(self, **changes) -> None:
@@ -299,6 +335,8 @@ class TrainingJob:
 
     def _run(self) -> None:
         try:
+            if RAY_ADDRESS:
+                _use_cluster()  # seconds, the first time
             while not _line.admit(self, timeout=0.25):
                 if self._stop.is_set() or self._gone():
                     self._update(status="stopped", message="Stopped before it started.")
@@ -306,82 +344,92 @@ class TrainingJob:
             if self._stop.is_set():  # stopped while it waited for the slot it just got
                 self._update(status="stopped", message="Stopped before it started.")
                 return
-            self._supervise(training_threads(os.cpu_count() or 1, _line.training(), _idle_cores()))
+            self._supervise(self._on_cluster() if RAY_ADDRESS else self._in_a_process())
         except Exception as e:  # the page must show a reason, never lose the job silently
             log.exception("training job failed")
             self._update(status="failed", message=f"Training failed: {e}")
         finally:
             _line.leave(self)
 
-    def _supervise(self, threads: int) -> None:
-        """Start the training process, send it the work, and copy its reports into the snapshot until it ends."""
+    def _in_a_process(self) -> _Process:
+        run = _Process(self._stop, training_threads(os.cpu_count() or 1, _line.training(), _idle_cores()))
+        self.process = run.process
         self._update(status="running", message="")
-        here, there = _context.Pipe()
-        process = None
-        try:
-            self.process = process = _context.Process(target=worker.run, args=(there, self._stop, threads),
-                                                      name="cnnviz-train", daemon=True)
-            _start(process)
-            there.close()  # the child holds the only other end now: reading raises EOFError once it exits
-            # Plain pickle, not multiprocessing's: torch would move the tensors to shared memory, which is small in
-            # containers. Sent through the pipe rather than as the process's arguments, so the server does not keep
-            # a second copy of the data while the job runs (~0.1 s for MNIST). Training needs no masks.
-            splits = [None if split is None else replace(split, masks=None)
-                      for split in (self.train_split, self.val_split, self.test_split)]
-            here.send_bytes(pickle.dumps((self.spec, *splits, self.config)))
-            del splits
-            self._follow(here, process)
-        except (EOFError, OSError):  # the pipe closed (BrokenPipeError is an OSError): the process is gone
-            if process is not None:
-                process.join(timeout=5)
-            self._update(status="failed", message=f"The training process ended unexpectedly (exit code "
-                                                  f"{getattr(process, 'exitcode', None)}); the server may be out of "
-                                                  f"memory.")
-        finally:
-            here.close()
-            there.close()
-            if process is not None and process.pid is not None:
-                process.join(timeout=5)
-                if process.exitcode is None:  # it hangs: nothing more can come from it
-                    process.kill()
-                    process.join()
+        return run
 
-    def _follow(self, here, process: mp.process.BaseProcess) -> None:
-        """Copy the process's reports into the snapshot until its last one. Ask it to stop at the time cap; end it
-        when its session is gone, or when a stop goes unanswered."""
+    def _on_cluster(self) -> cluster.RemoteRun:
+        cpus = cluster.cpus_for(RAY_CPUS)
+        images = self._snap.total_steps * self.config.batch_size
+        # Augmentation draws its random transforms on the CPU, so an augmented run stays on CPUs.
+        gpu = (not self.config.augment and cluster.has_gpu()
+               and cluster.worth_a_gpu(models.check(self.spec).macs, images, cpus))
+        self._update(status="queued", message="Waiting for the cluster to start it: its CPUs may all be busy "
+                                              "training other jobs.")
+        self.remote = cluster.RemoteRun(worker.run, 1 if gpu else max(1, round(cpus)), "cuda" if gpu else "cpu", 0,
+                                        cpus=1 if gpu else cpus, gpus=1 if gpu else 0)
+        return self.remote
+
+    def _supervise(self, run: _Process | cluster.RemoteRun) -> None:
+        """Start the training, send it the work, and copy its reports into the snapshot until it ends."""
+        try:
+            # Plain pickle, not multiprocessing's: torch would move the tensors to shared memory, which is small in
+            # containers. Sent once started rather than as the process's arguments, so the server does not keep a
+            # second copy of the data while the job runs (~0.1 s for MNIST). Training needs no masks.
+            run.start(pickle.dumps((self.spec, *[None if split is None else replace(split, masks=None)
+                                                 for split in (self.train_split, self.val_split, self.test_split)],
+                                    self.config)))
+            self._follow(run)
+        except cluster.RunLost as e:
+            self._update(status="failed", message=str(e))
+        finally:
+            run.close()
+
+    def _follow(self, run: _Process | cluster.RemoteRun) -> None:
+        """Copy the run's reports into the snapshot until its last one. Ask it to stop at the time cap (counted from
+        its start); end it when its session is gone, or when a stop goes unanswered."""
         steps, epochs = [], []
-        started = time.monotonic()
-        stop_seen = None
+        stop_seen, asked = None, False
         while True:
             if self._gone():
-                process.terminate()  # nobody is left to see what it learned
+                run.end()  # nobody is left to see what it learned
                 self._update(status="stopped", message="Stopped: the browser tab that started it was closed.")
                 return
-            if time.monotonic() - started >= TIME_CAP and not self._stop.is_set():
+            if run.started is not None and time.monotonic() - run.started >= TIME_CAP and not self._stop.is_set():
                 self._why = "time cap"
                 self._stop.set()
-            if not here.poll(0.25):
+            if self._stop.is_set() and not asked:
+                run.ask_to_stop()
+                asked = True
+            messages = run.receive(0.25)
+            if not messages:
                 if self._stop.is_set():
+                    if run.started is None:  # still waiting for the cluster: nothing to keep
+                        run.kill()
+                        self._update(status="stopped", message="Stopped before it started.")
+                        return
                     stop_seen = stop_seen or time.monotonic()
                     if time.monotonic() - stop_seen > STOP_GRACE:
-                        process.kill()
+                        run.kill()
                         self._update(status="stopped", message="Stopped. The training process did not answer in "
                                                                "time, so what it had learned was not kept.")
                         return
                 continue
-            kind, data = pickle.loads(here.recv_bytes())
-            if kind == "progress":
-                steps += data.pop("steps")
-                epochs += data.pop("epochs")
-                if "filters" in data:
-                    data["filters_step"] = data.get("step", self._snap.step)
-                self._update(**data, history={"steps": steps, "epochs": epochs})
-            elif kind == "failed":
-                self._update(status="failed", message=f"Training failed: {data['error']}")
-                return
-            else:
-                self._finish(**data)
-                return
+            if self._snap.status == "queued":  # the cluster started it
+                self._update(status="running", message="")
+            for message in messages:
+                kind, data = pickle.loads(message)
+                if kind == "progress":
+                    steps += data.pop("steps")
+                    epochs += data.pop("epochs")
+                    if "filters" in data:
+                        data["filters_step"] = data.get("step", self._snap.step)
+                    self._update(**data, history={"steps": steps, "epochs": epochs})
+                elif kind == "failed":
+                    self._update(status="failed", message=f"Training failed: {data['error']}")
+                    return
+                else:
+                    self._finish(**data)
+                    return
 
     def _finish(self, state: dict, history: History, frames: list, evaluation: Evaluation) -> None:
         model = models.build(self.spec)
@@ -402,6 +450,56 @@ class TrainingJob:
                      history=history.to_dict(), filters=frames[-1][1] if frames else None,
                      filters_step=frames[-1][0] if frames else -1, step=len(history.steps), elapsed=history.seconds,
                      eta=0.0)
+
+
+class _Process:
+    """A training process on this machine, fed and heard through a pipe; the same methods as
+    :class:`cluster.RemoteRun`, so a job follows either the same way."""
+
+    def __init__(self, stop, threads: int):
+        self._here, self._there = _context.Pipe()
+        self.process = _context.Process(target=worker.run, args=(self._there, stop, threads), name="cnnviz-train",
+                                        daemon=True)
+        self.started: float | None = None  # when the work was sent: the time cap counts from here
+
+    def start(self, payload: bytes) -> None:
+        try:
+            _start(self.process)
+            self._there.close()  # the child holds the only other end now: reading raises EOFError once it exits
+            self._here.send_bytes(payload)
+        except (EOFError, OSError):  # the pipe closed (BrokenPipeError is an OSError): the process is gone
+            raise self._lost() from None
+        self.started = time.monotonic()
+
+    def receive(self, timeout: float) -> list[bytes]:
+        try:
+            return [self._here.recv_bytes()] if self._here.poll(timeout) else []
+        except (EOFError, OSError):
+            raise self._lost() from None
+
+    def ask_to_stop(self) -> None:
+        """Nothing to send: the process shares the job's stop event."""
+
+    def end(self) -> None:
+        self.process.terminate()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def close(self) -> None:
+        self._here.close()
+        self._there.close()
+        if self.process.pid is not None:
+            self.process.join(timeout=5)
+            if self.process.exitcode is None:  # it hangs: nothing more can come from it
+                self.process.kill()
+                self.process.join()
+
+    def _lost(self) -> cluster.RunLost:
+        if self.process.pid is not None:
+            self.process.join(timeout=5)
+        return cluster.RunLost(f"The training process ended unexpectedly (exit code {self.process.exitcode}); the "
+                               f"server may be out of memory.")
 
 
 def training_threads(cpus: int, training: int, idle: float | None) -> int:
@@ -443,6 +541,8 @@ def _duration(seconds: float) -> str:
 
 
 _line = Line(MAX_JOBS, MAX_QUEUE)
+# Whether the line's slots are settled: by CNNVIZ_MAX_JOBS, or once sized to the Ray cluster.
+_line_sized = "CNNVIZ_MAX_JOBS" in os.environ
 
 
 def wait_for(job: TrainingJob, timeout: float = 60.0) -> Snapshot:

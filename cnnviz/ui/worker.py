@@ -1,8 +1,10 @@
-"""The training process behind :class:`cnnviz.ui.jobs.TrainingJob`: fit, evaluate, report through a pipe.
+"""The training behind :class:`cnnviz.ui.jobs.TrainingJob`: fit, evaluate, report through a pipe.
 
 multiprocessing's fork server imports this module once, and each job's process forks from it. The fork server
 starts without the web server's ``OMP_WAIT_POLICY=PASSIVE`` (see :func:`cnnviz.ui.jobs.start_worker_server`): a
-training process has its cores to itself and waits actively, as ``cnnviz train`` does.
+training process has its cores to itself and waits actively, as ``cnnviz train`` does. On a Ray cluster the same
+:func:`run` runs in a Ray task (:mod:`cnnviz.cluster`), with an outbox that looks like a pipe; it imports no
+Streamlit, so a cluster's nodes need only cnnviz and torch.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import os
 import pickle
 import time
+from dataclasses import replace
 
 import torch
 
@@ -26,10 +29,12 @@ REPORT_EVERY = 0.2  # seconds between reports to the job: the steps since the la
 REPLAY_FRAMES = 30  # copies of the first layer's filters kept for replaying how they evolved, spread over the run
 
 
-def run(outbox, stop, threads: int) -> None:
-    """Receive the work from ``outbox`` (pickled spec, train, validation and test splits, config), train, and send
-    back ``(kind, data)`` messages: ``progress`` several times a second, then ``done`` (weights, history, filter
-    frames, evaluation on the whole test split) or ``failed``. ``stop`` is checked after each step.
+def run(outbox, stop, threads: int, device: str = "cpu", niceness: int = NICENESS) -> None:
+    """Receive the work from ``outbox`` (pickled spec, train, validation and test splits, config), train on
+    ``device``, and send back ``(kind, data)`` messages: ``progress`` several times a second, then ``done`` (weights,
+    history, filter frames, evaluation on the whole test split, all on the CPU) or ``failed``. ``stop`` is checked
+    after each step. ``niceness``: how far to lower this process's CPU priority (0 in a Ray task: Ray's workers
+    already run at a lower one).
 
     The run validates on ``val_split`` (held-out training images); the test split is used once, at the end."""
 
@@ -40,9 +45,13 @@ def run(outbox, stop, threads: int) -> None:
         torch.set_num_threads(threads)
         # Students' pages come first: under contention the scheduler gives the web server the cores, and training
         # takes what is left (on an idle server it still has them all).
-        os.nice(NICENESS)
+        if niceness:
+            os.nice(niceness)
         spec, train_split, val_split, test_split, config = pickle.loads(outbox.recv_bytes())
-        model = models.build(spec, seed=config.seed)
+        train_split, val_split, test_split = (None if split is None else replace(split, x=split.x.to(device),
+                                                                                 y=split.y.to(device))
+                                              for split in (train_split, val_split, test_split))
+        model = models.build(spec, seed=config.seed).to(device)
         first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
         frame_every = max(1, config.total_steps(len(train_split)) // REPLAY_FRAMES)
         frames: list[tuple[int, torch.Tensor]] = []
@@ -54,7 +63,7 @@ def run(outbox, stop, threads: int) -> None:
             # Contiguous: training runs channels-last, and the copies outlive it (checkpoints, figures).
             if first_conv is None:
                 return None
-            return first_conv.weight.detach().clone(memory_format=torch.contiguous_format)
+            return first_conv.weight.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
 
         def on_step(s: train.Step) -> None:
             nonlocal last_report
@@ -78,7 +87,10 @@ def run(outbox, stop, threads: int) -> None:
         if frames and frames[-1][0] != len(history.steps):
             frames.append((len(history.steps), filters()))
         evaluation = train.evaluate(model, test_split)
-        send("done", state=model.state_dict(), history=history, frames=frames, evaluation=evaluation)
+        evaluation = replace(evaluation, confusion=evaluation.confusion.cpu(), predictions=evaluation.predictions.cpu(),
+                             mistakes=evaluation.mistakes.cpu())
+        send("done", state={k: v.cpu() for k, v in model.state_dict().items()}, history=history, frames=frames,
+             evaluation=evaluation)
     except Exception as e:  # noqa: BLE001  (the job shows the reason; the traceback goes to the server's log)
         log.exception("training process failed")
         send("failed", error=str(e))
