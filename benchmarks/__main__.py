@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks import (browser_train, camera, classroom, docs, gradients, inference, libraries, ray_jobs, recipe, report,
-                        training, webapp, yours)
+                        startup, training, webapp, yours)
 from benchmarks.common import Options, resolve_device
 
 SECTIONS = {
@@ -38,6 +38,7 @@ SECTIONS = {
     "camera": camera.camera,
     "gradient-stats": gradients.gradient_stats,
     "ray-jobs": ray_jobs.ray_jobs,
+    "startup": startup.startup,
 }
 # What a section says about its own length before it starts, beside the last recorded run's.
 ANNOUNCE = {"mnist-to-99": recipe.announce}

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import re
 import sys
 import time
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
+from cnnviz import data, models, train
 
-from cnnviz import data, models, train, usercode, zoo
+if TYPE_CHECKING:
+    from PIL import Image
+    from torch import nn
+
+# What a command needs is imported when it runs: torchvision's model zoo (with torch._dynamo, which it imports),
+# matplotlib and the figures cost seconds, more than a whole `inspect` of the shipped model needs.
 
 MAX_MAPS = 64  # feature maps per layer in `inspect`'s figures: a 512-channel layer would take a minute to draw
+MAX_FOLDER_NAME = 80  # characters of an image's result folder name, before a "-2" that tells two files apart
 FOLDER_SIZE = 32  # side of a folder dataset's images: small enough to train on a CPU in seconds
 MODEL_OPTIONS = ("weights", "classes", "input_size", "mean", "std")  # they describe a --model
 
@@ -58,7 +70,7 @@ def _train(args: argparse.Namespace) -> int:
         if s.step % 10 == 0 or s.step == s.total_steps:
             bar.set_postfix(loss=f"{s.loss:.3f}", acc=f"{s.acc:.3f}", img_s=f"{s.images_per_s:.0f}")
 
-    history = train.fit(model, train_split, config, val=val_split, on_step=on_step)
+    history = train.fit(model, train_split, config, val=val_split, on_step=on_step, device=args.device)
     bar.close()
     ev = train.evaluate(model, test_split)
     total = time.perf_counter() - start
@@ -77,88 +89,241 @@ def _train(args: argparse.Namespace) -> int:
         "val_accuracy": round(last_val["val_acc"], 4) if last_val else None, "test_accuracy": round(ev.accuracy, 4),
         "train_seconds": round(history.seconds, 2), "total_seconds": round(total, 2),
         "images_per_s": round(history.images_per_s), "status": history.status, "reason": history.reason,
-        "checkpoint": str(args.out) if args.out else None, "skipped": skipped,
+        "checkpoint": str(args.out) if args.out else None, "skipped": skipped, "device": str(args.device),
     }
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{args.dataset}/{args.preset}: test accuracy {ev.accuracy:.2%} after {history.seconds:.1f} s of "
-              f"training ({history.images_per_s:.0f} images/s)" + (f"; saved to {args.out}" if args.out else ""))
+              f"training ({history.images_per_s:.0f} images/s on {args.device})"
+              + (f"; saved to {args.out}" if args.out else ""))
     return 1 if failed else 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    import numpy as np
+    """Exit status: 0 when at least one image was inspected; 1 when none was (each failure is reported), or the
+    model could not be opened; 2 for arguments that cannot work with this model (layer, class, --maps)."""
+    from cnnviz import images
 
-    from cnnviz import checkpoint, figures, gradcam, images, probe
-    from cnnviz.inspection import inspect
-
+    files, problems = _image_files(args.image)
+    for problem in problems:
+        print(f"cnnviz: {problem}", file=sys.stderr)
     try:
-        model, info, label, resize = _open_model(args)
-        image = images.load(args.image)
-    except (checkpoint.CheckpointError, usercode.UserModelError, zoo.ZooError, images.ImageError) as e:
+        subject = _open_model(args)
+        target = _class_index(args.target, subject.info)
+    except _Unusable as e:
         print(f"cnnviz: {e}", file=sys.stderr)
         return 1
-    ins = inspect(model, info, image, resize=resize)
-    try:
-        cam = gradcam.compute(model, ins.x, layer=args.layer, target=_class_index(args.target, info))
-    except (KeyError, ValueError) as e:
-        print(f"cnnviz: {str(e).strip(chr(34))}", file=sys.stderr)
+    except ValueError as e:
+        print(f"cnnviz: {e}", file=sys.stderr)
         return 2
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    subject.model.to(args.device)
+    # One image named once writes into --out itself, as before; several (or a folder) get a folder each.
+    one = len(args.image) == 1 and len(files) == 1 and not args.image[0].is_dir()
+    folders = [args.out] if one else [args.out / name for name in unique_names([folder_name(f) for f in files])]
+    results = []
+    for path, folder in zip(files, folders):
+        try:
+            image = images.load(path)
+        except images.ImageError as e:
+            print(f"cnnviz: {path}: {e}", file=sys.stderr)
+            results.append({"image": str(path), "error": str(e)})
+            continue
+        try:
+            result = _inspect_one(subject, image, args, target, folder)
+        except (KeyError, ValueError) as e:  # the layer or --maps: the same for every image, so stop here
+            print(f"cnnviz: {str(e).strip(chr(34))}", file=sys.stderr)
+            return 2
+        results.append({"image": str(path), **result})
+        if not (args.json or one):
+            print(f"{path}: {_top_text(result)} → {folder}")
+    done = [r for r in results if "error" not in r]
+    failed = len(results) - len(done) + len(problems)
+    if done:  # the model's own figure, once: the same for every image
+        _draw_filters(subject.model, args.out)
+    if args.json:
+        print(json.dumps({"model": subject.label, "dataset": subject.info.name, "device": str(args.device),
+                          "out": str(args.out), "files": ["filters.png"] if done else [], "inspected": len(done),
+                          "failed": failed, "images": results}))
+    elif one and done:
+        print(f"{_top_text(done[0])}; wrote {', '.join(done[0]['files'])} and filters.png to {args.out}")
+    elif not one:
+        print(f"inspected {len(done)} of {len(done) + failed} image{'s' * (len(done) + failed != 1)}" +
+              (f" ({failed} could not be: see above)" if failed else "") +
+              (f"; the model's filters.png and a folder per image are in {args.out}" if done else ""))
+    return 0 if done else 1
+
+
+def _top_text(result: dict) -> str:
+    top = result["top"][0]
+    return f"{top['class']} ({top['probability']:.1%})"
+
+
+def _inspect_one(subject: _Subject, image: Image.Image, args: argparse.Namespace, target: int | None,
+                 out: Path) -> dict:
+    """Inspect one image and write its files into ``out``: prediction, input, Grad-CAM, and the feature maps of the
+    layers ``--maps`` names (with a close-up of the first pooling step among them). Returns what ``prediction.json``
+    holds, its folder and the files written."""
+    import numpy as np
+
+    from cnnviz import figures, gradcam, probe
+    from cnnviz.inspection import inspect
+
+    model, info = subject.model, subject.info
+    ins = inspect(model, info, image, resize=subject.resize)
+    cam = gradcam.compute(model, ins.x, layer=args.layer, target=target)
+    drawn = _map_layers(args.maps, ins.map_layers(), cam.layer)
     top = ins.top(info, k=min(5, info.num_classes))
-    (out / "prediction.json").write_text(json.dumps({
-        "model": label, "dataset": info.name,
+    result = {
         "top": [{"class": c, "index": info.class_names.index(c), "probability": round(p, 6)} for c, p in top],
         "gradcam": {"layer": cam.layer, "target": info.class_names[cam.target], "target_index": cam.target},
-    }, indent=2))
-    np.save(out / "input.npy", ins.x.numpy())
-    maps_dir = out / "feature_maps"
-    maps_dir.mkdir(exist_ok=True)
-    for name, rec in ins.records.items():
-        if rec.output.ndim == 4:
-            maps = rec.output[0]  # (C, h, w)
-            shown = min(len(maps), MAX_MAPS)
-            fig = figures.feature_grid(maps[:shown], title=f"{name}: {tuple(rec.output.shape[1:])}",
-                                       channels=range(shown), of=len(maps))
-            # Named by module path (layer1.0.conv1.png), so every layer inside a block or a branch has its own file.
-            (maps_dir / f"{name.replace(probe.CALL_SEPARATOR, '_')}.png").write_bytes(figures.to_png(fig))
+        "feature_maps": drawn,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prediction.json").write_text(json.dumps({"model": subject.label, "dataset": info.name, **result},
+                                                     indent=2))
+    np.save(out / "input.npy", ins.x.cpu().numpy())
+    np.save(out / "gradcam.npy", cam.heatmap.cpu().numpy().astype(np.float32))
+    (out / "gradcam.png").write_bytes(figures.to_png(figures.overlay(
+        ins.prepared.display, cam.heatmap, title=f"Grad-CAM for '{info.class_names[cam.target]}' at {cam.layer}")))
+    written = ["prediction.json", "input.npy", "gradcam.npy", "gradcam.png"]
+    # The first pooling step, up close, with the maps of its layer: what goes into it and what comes out.
+    pairs = [pair for pair in probe.pooling_pairs(ins.records) if pair.name in drawn][:1]
+    if pairs:
+        (out / "pooling.png").write_bytes(figures.to_png(figures.pooling_pair(pairs[0], 0)))
+        written.append("pooling.png")
+    if drawn:
+        (out / "feature_maps").mkdir(exist_ok=True)
+        written.append("feature_maps/")
+    for name in drawn:
+        output = ins.records[name].output
+        maps = output[0]  # (C, h, w)
+        shown = min(len(maps), MAX_MAPS)
+        fig = figures.feature_grid(maps[:shown], title=f"{name}: {tuple(output.shape[1:])}", channels=range(shown),
+                                   of=len(maps))
+        # Named by module path (layer1.0.conv1.png), so every layer inside a block or a branch has its own file.
+        (out / "feature_maps" / f"{name.replace(probe.CALL_SEPARATOR, '_')}.png").write_bytes(figures.to_png(fig))
+    return {"folder": str(out), **result, "files": written}
+
+
+def _draw_filters(model: nn.Module, out: Path) -> None:
+    """``filters.png``: the first conv layer's filters (at most :data:`MAX_MAPS`), which no image changes."""
+    from cnnviz import figures, probe
+
     weights = probe.filters(model)
     first = next(iter(weights))
     shown = min(len(weights[first]), MAX_MAPS)
     (out / "filters.png").write_bytes(figures.to_png(figures.filter_grid(weights[first][:shown], title=first,
                                                                          channels=range(shown))))
-    pairs = probe.pooling_pairs(ins.records)
-    if pairs:
-        (out / "pooling.png").write_bytes(figures.to_png(figures.pooling_pair(pairs[0], 0)))
-    (out / "gradcam.png").write_bytes(figures.to_png(figures.overlay(
-        ins.prepared.display, cam.heatmap, title=f"Grad-CAM for '{info.class_names[cam.target]}' at {cam.layer}")))
-    np.save(out / "gradcam.npy", cam.heatmap.numpy().astype(np.float32))
-    written = ["prediction.json", "input.npy", "feature_maps/", "filters.png"] + (["pooling.png"] if pairs else [])
-    print(f"{top[0][0]} ({top[0][1]:.1%}); wrote {', '.join(written)}, gradcam.png and gradcam.npy to {out}")
-    return 0
 
 
-def _open_model(args: argparse.Namespace) -> tuple[nn.Module, data.DatasetInfo, str, str]:
-    """The model ``inspect`` looks at, from a checkpoint, user code or the zoo: (model, info, label, resize policy).
+def _map_layers(asked: str | tuple[str, ...] | None, layers: list[str], cam_layer: str) -> list[str]:
+    """The layers whose feature maps ``inspect`` draws: ``--maps all``, ``none`` or names; by default the Grad-CAM
+    layer's (the maps its heatmap is a weighted sum of). An unknown name raises ``ValueError`` listing the others."""
+    if asked is None:
+        return [cam_layer] if cam_layer in layers else []
+    if asked == "all":
+        return layers
+    if asked == "none":
+        return []
+    unknown = [name for name in asked if name not in layers]
+    if unknown:
+        raise ValueError(f"--maps: no layer with feature maps called {', '.join(map(repr, unknown))}; "
+                         f"layers with maps: {', '.join(layers)}")
+    return list(asked)
+
+
+def _image_files(given: list[Path]) -> tuple[list[Path], list[str]]:
+    """The images to inspect, in the order given, a folder's files by name (hidden ones and subfolders left out),
+    each file once; and the problems with what was given (an empty folder), in words."""
+    files, problems = [], []
+    for path in given:
+        if not path.is_dir():
+            files.append(path)
+            continue
+        inside = sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")),
+                        key=lambda p: p.name)
+        if not inside:
+            problems.append(f"{path}: the folder holds no files to inspect")
+        files += inside
+    return list(dict.fromkeys(files)), problems
+
+
+# Names Windows keeps for devices: a folder cannot be called that there, whatever its extension.
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+
+
+def folder_name(path: Path) -> str:
+    """A safe name for an image's result folder, from its file name: the name without its extension, every run of
+    characters other than letters, digits, ``-``, ``_`` and ``.`` as one ``_``, no leading dot, at most
+    :data:`MAX_FOLDER_NAME` characters; ``image`` when nothing is left."""
+    name = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", path.stem)).strip("._")[:MAX_FOLDER_NAME]
+    name = name.rstrip(".") or "image"
+    return f"{name}_" if name.lower() in _RESERVED else name
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """``names`` made distinct by adding ``-2``, ``-3``, … to repeats, compared without case (macOS and Windows
+    file systems do not tell ``Cat`` from ``cat``)."""
+    taken: set[str] = set()
+    unique = []
+    for name in names:
+        candidate, k = name, 1
+        while candidate.casefold() in taken:
+            k += 1
+            candidate = f"{name}-{k}"
+        taken.add(candidate.casefold())
+        unique.append(candidate)
+    return unique
+
+
+@dataclass
+class _Subject:
+    """The model ``inspect`` looks at: the module, its data's description, its name in words, the resize policy."""
+
+    model: nn.Module
+    info: data.DatasetInfo
+    label: str
+    resize: str
+
+
+class _Unusable(Exception):
+    """The model named on the command line cannot be opened; the message says why."""
+
+
+def _open_model(args: argparse.Namespace) -> _Subject:
+    """The model ``inspect`` looks at, from a checkpoint, user code or the zoo.
 
     ImageNet models see the centre of the image, as they were evaluated; the others the whole image, squashed, as
-    their training images were made. ``--resize`` overrides either.
+    their training images were made. ``--resize`` overrides either. Only the source given is imported: torchvision's
+    model zoo alone takes longer to import than a checkpoint takes to inspect.
     """
-    from cnnviz import checkpoint
-
     if args.checkpoint is not None:
-        ck = checkpoint.load(args.checkpoint)
-        return ck.model, ck.info, f"checkpoint {args.checkpoint.name}", args.resize or "squash"
+        from cnnviz import checkpoint
+
+        try:
+            ck = checkpoint.load(args.checkpoint)
+        except checkpoint.CheckpointError as e:
+            raise _Unusable(str(e)) from None
+        return _Subject(ck.model, ck.info, f"checkpoint {args.checkpoint.name}", args.resize or "squash")
     if args.model is not None:
-        user = usercode.load(args.model, weights=args.weights, classes=args.classes,
-                             input_size=args.input_size or 224, mean=args.mean, std=args.std)
-        return user.model, user.info, user.source, args.resize or "squash"
-    found = zoo.load(args.zoo, download=True)
+        from cnnviz import usercode
+
+        try:
+            user = usercode.load(args.model, weights=args.weights, classes=args.classes,
+                                 input_size=args.input_size or 224, mean=args.mean, std=args.std)
+        except usercode.UserModelError as e:
+            raise _Unusable(str(e)) from None
+        return _Subject(user.model, user.info, user.source, args.resize or "squash")
+    from cnnviz import zoo
+
+    try:
+        found = zoo.load(args.zoo, download=True)
+    except zoo.ZooError as e:
+        raise _Unusable(str(e)) from None
     if found.note:
         print(f"cnnviz: {found.note}", file=sys.stderr)
-    return found.model, found.info, found.label, args.resize or "crop"
+    return _Subject(found.model, found.info, found.label, args.resize or "crop")
 
 
 def _class_index(target: str | None, info) -> int | None:
@@ -173,12 +338,15 @@ def _class_index(target: str | None, info) -> int | None:
 
 
 def _app(args: argparse.Namespace) -> int:
+    from cnnviz import devices, usercode
     from cnnviz.ui import launch
 
-    env = {}
+    env = {devices.ENV: str(args.device)}  # where the server puts each session's model (cnnviz.ui.state)
+    if args.ray:
+        env["CNNVIZ_RAY_ADDRESS"] = args.ray  # cnnviz.cluster.ADDRESS_ENV (not imported here: it stays light)
     if args.model is not None:
-        env = usercode.to_env(args.model, weights=args.weights, classes=args.classes, input_size=args.input_size,
-                              mean=args.mean, std=args.std)
+        env |= usercode.to_env(args.model, weights=args.weights, classes=args.classes, input_size=args.input_size,
+                               mean=args.mean, std=args.std)
     launch.serve(args.port, env)  # the server's process loads the model before it serves, and exits if it cannot
     return 0  # not reached: serve replaces this process
 
@@ -198,10 +366,47 @@ def _learning_rate(text: str) -> float:
 
 
 def _numbers(text: str) -> tuple[float, ...]:
+    from cnnviz import usercode
+
     try:
         return usercode.parse_numbers(text, "the values")
     except usercode.UserModelError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _device(text: str):
+    """``--device``: a name → the ``torch.device`` it stands for here; one this machine lacks is a usage error."""
+    from cnnviz import devices
+
+    try:
+        return devices.resolve(text)
+    except devices.DeviceError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _maps(text: str) -> str | tuple[str, ...]:
+    """``--maps``: ``all``, ``none`` or layer names separated by commas (checked against the model later)."""
+    if text in ("all", "none"):
+        return text
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected all, none or layer names separated by commas, got {text!r}")
+    return names
+
+
+class _ZooNames(Sequence):
+    """``zoo.NAMES``, imported only when argparse reads it (a --zoo given, or help): importing the zoo imports
+    torchvision's models, which costs more than the whole inspection of a checkpoint."""
+
+    def __getitem__(self, i):
+        from cnnviz import zoo
+
+        return zoo.NAMES[i]
+
+    def __len__(self) -> int:
+        from cnnviz import zoo
+
+        return len(zoo.NAMES)
 
 
 def _dataset(text: str) -> str:
@@ -220,6 +425,12 @@ def _folder_size(text: str) -> int:
     if not low <= value <= high:
         raise argparse.ArgumentTypeError(f"must be between {low} and {high} pixels, got {value}")
     return value
+
+
+def _add_device(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--device", type=_device, default="auto", metavar="auto|cpu|cuda|mps", help=(
+        f"where {what} (default: auto, a CUDA GPU, else Apple's MPS, when there is one, else the CPU); a device "
+        f"this machine lacks is an error"))
 
 
 def _add_model_options(p: argparse.ArgumentParser, model_in=None) -> None:
@@ -265,27 +476,49 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", action="store_true", help="random shifts, rotations and zooms while training")
     t.add_argument("--out", type=Path, default=None, help="save the trained model here (.pt)")
     t.add_argument("--json", action="store_true", help="print one JSON object with the results on stdout")
+    _add_device(t, "to train: the model and the training images go there")
     t.set_defaults(func=_train)
 
-    i = sub.add_parser("inspect", help="look inside a model on one image; write figures and arrays to a folder")
+    i = sub.add_parser("inspect", help="look inside a model on images; write figures and arrays to a folder",
+                       epilog=(
+        "Each image's folder holds prediction.json (top classes, the Grad-CAM layer and class), input.npy, "
+        "gradcam.npy, gradcam.png, feature_maps/<layer>.png for the layers --maps names, and pooling.png, one "
+        "channel of the first pooling layer among them, window by window; --out holds "
+        "filters.png, the model's first filters, drawn once. The model is loaded once for all the images. An image "
+        "that cannot be used is reported on stderr (and in --json's output) and the others go on. Exit status: 0 "
+        "when at least one image was inspected; 1 when none was, or the model could not be loaded; 2 for bad "
+        "arguments (a layer, class or device that is not there)."))
     source = i.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a model saved by `cnnviz train --out` or the app")
-    source.add_argument("--zoo", choices=zoo.NAMES, help=(
-        "a torchvision ImageNet model; its weights are downloaded once (into $TORCH_HOME), and without them it is "
-        "untrained"))
+    source.add_argument("--zoo", choices=_ZooNames(), metavar="NAME", help=(
+        "a torchvision ImageNet model (%(choices)s); its weights are downloaded once (into $TORCH_HOME), and "
+        "without them it is untrained"))
     _add_model_options(i, source)
-    i.add_argument("--image", required=True, type=Path)
+    i.add_argument("--image", required=True, type=Path, action="append", metavar="FILE|FOLDER", help=(
+        "an image, or a folder of them (the files in it, not in its subfolders); repeat for more. One file: the "
+        "results go into --out itself; several: each into a folder of --out named after the file"))
     i.add_argument("--out", required=True, type=Path, help="folder for the results (created if missing)")
     i.add_argument("--layer", default=None, help="layer for Grad-CAM (default: the last conv block)")
     i.add_argument("--target", default=None, help="class name or index for Grad-CAM (default: the predicted one)")
     i.add_argument("--resize", default=None, choices=["squash", "crop", "pad"],
                    help="how the image becomes a square (default: crop for --zoo models, as ImageNet models were "
                         "evaluated; squash otherwise)")
+    i.add_argument("--maps", type=_maps, default=None, metavar="all|none|LAYER,…", help=(
+        "the layers whose feature maps are drawn into feature_maps/ (default: the Grad-CAM layer's, the maps its "
+        "heatmap is made of; all: every layer's, and pooling.png); each figure takes a fraction of a second, and a "
+        "ResNet has 60 layers"))
+    i.add_argument("--json", action="store_true",
+                   help="print one JSON object on stdout: each image's folder, top classes and files, or its error")
+    _add_device(i, "the model runs")
     i.set_defaults(func=_inspect)
 
     a = sub.add_parser("app", help="start the web app")
     a.add_argument("--port", type=int, default=8501)
+    a.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="train on this Ray cluster (ray://HOST:10001, HOST:6379 or auto; needs pip install "
+                        "'cnnviz[ray]'); default: $CNNVIZ_RAY_ADDRESS, else local processes")
     _add_model_options(a)
+    _add_device(a, "each session's model and its training run")
     a.set_defaults(func=_app)
     return p
 
@@ -299,7 +532,15 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} a --model; give --model too")
     if args.command == "train" and args.size is not None and args.dataset in data.DATASETS:
         p.error(f"--size is for folder datasets; {args.dataset} has its own size")
-    return args.func(args)
+    if argv is not None:  # called from Python: the caller's objects stay as they were
+        return args.func(args)
+    # The command line's own process, which ends with the command. Importing torch leaves ~180,000 objects that every
+    # full garbage collection walks, the last one at exit too (0.3-0.9 s of a 5 s `inspect`, measured): frozen, they
+    # are skipped. Memory is still freed as usual; only cycles among frozen objects would stay, and the process ends.
+    gc.freeze()
+    code = args.func(args)
+    gc.freeze()  # what the command imported and made since (matplotlib, figures)
+    return code
 
 
 if __name__ == "__main__":

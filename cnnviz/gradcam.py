@@ -300,6 +300,7 @@ def peaks(model: nn.Module, x: Tensor, targets: Tensor | None = None, *, layer: 
           method: str = "gradcam") -> Tensor:
     """Where each heatmap is hottest: flat indices ``(N,)`` into ``H * W`` for inputs ``x`` (N, C, H, W) and
     ``targets`` (N,) classes to explain (default: each image's predicted class)."""
+    x = x.to(probe.device_of(model))  # once, not image by image (compute would move each)
     found = []
     for i in range(x.shape[0]):
         target = None if targets is None else int(targets[i])

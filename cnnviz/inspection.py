@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cnnviz import images, probe
+from cnnviz import devices, images, probe
 from cnnviz.data import DatasetInfo
 
 
@@ -38,8 +38,15 @@ class Inspection:
 
 
 def inspect(model: nn.Module, info: DatasetInfo, image: Image.Image, resize: str = "squash",
-            invert: bool | None = None) -> Inspection:
-    """Prepare ``image`` as ``info``'s training data was made, run ``model`` once with hooks, and keep everything."""
+            invert: bool | None = None, device: str | torch.device | None = None) -> Inspection:
+    """Prepare ``image`` as ``info``'s training data was made, run ``model`` once with hooks, and keep everything.
+
+    The pass runs where the model is, and the records and probabilities stay there (the prepared input stays on the
+    CPU). ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``: :func:`cnnviz.devices.resolve`) moves the model
+    there first, in place, as ``model.to`` does; Grad-CAM and activation maximisation then run there too.
+    """
+    if device is not None:
+        model.to(devices.resolve(device))
     prepared = images.prepare(image, info, resize=resize, invert=invert)
     records = probe.run(model, prepared.tensor)
     logits = next(reversed(records.values())).output[0]

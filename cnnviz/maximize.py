@@ -91,8 +91,8 @@ def top_patches(
     if layer not in fields:
         raise probe.UnknownLayerError(f"no layer named {layer!r} with a receptive field; choose one of: "
                                       f"{', '.join(fields)}")
-    images = split.x if limit is None else split.x[:limit]
     device = probe.device_of(model)
+    images = (split.x if limit is None else split.x[:limit]).to(device)  # moved once, uint8, not batch by batch
     maxima, positions = [], []
     # Each forward pass leaves the max over each (h, w) map in ``best``: (B, C) values and flat positions, and stops.
     with (
@@ -101,7 +101,7 @@ def top_patches(
         torch.no_grad(),
     ):
         for batch in images.split(batch_size):
-            _forward(model, data.normalize(batch.to(device), split.info))
+            _forward(model, data.normalize(batch, split.info))
             batch_max, batch_position = best.pop()
             maxima.append(batch_max)
             positions.append(batch_position)

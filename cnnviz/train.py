@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnviz import devices, probe
 from cnnviz.data import Split, normalize
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -123,6 +124,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator, flips: bool = False) -> torc
     """Random affine per image (±10°, ×0.9–1.1, ±10 % shift, and a left-right mirror for half of them when
     ``flips``) of a normalised batch ``(N, C, H, W)``."""
     n = x.shape[0]
+    # Drawn on the CPU from ``gen`` (the same numbers on every device), then moved to the images.
     angle = (torch.rand(n, generator=gen) - 0.5) * math.radians(20)
     scale = 0.9 + 0.2 * torch.rand(n, generator=gen)
     shift = (torch.rand(n, 2, generator=gen) - 0.5) * 0.2
@@ -131,7 +133,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator, flips: bool = False) -> torc
     if flips:  # x_in = -x_out: the first column of each (2, 3) matrix changes sign
         mirror = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
         theta[:, :, 0] *= mirror[:, None]
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
     # Pad with the image's border so shifted-in pixels look like background, not like a black frame.
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
@@ -152,6 +154,8 @@ def fit(
     on_step: Callable[[Step], None] | None = None,
     stop: threading.Event | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    device: str | torch.device | None = None,
+    after_backward: Callable[[nn.Module, int], None] | None = None,
 ) -> History:
     """Train ``model`` in place on ``train`` and return its :class:`History`.
 
@@ -163,6 +167,14 @@ def fit(
     does a network that still guesses at chance after :data:`STUCK_AFTER` steps and the warm-up (status ``"stuck"``,
     weights kept). ``history.reason`` says why in plain words.
     Seeds torch's global RNG (dropout uses it) with ``config.seed``.
+
+    ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``: see :func:`cnnviz.devices.resolve`) moves the model
+    there, where it stays; ``None`` trains where the model already is. The training images go to that device once,
+    whole (uint8, a byte a pixel), and each batch is cut and normalised there. The random draws (order, augmentation)
+    come from a CPU generator, so the same seed draws the same batches on every device.
+    ``after_backward(model, step)``, when given, runs after each backward pass and before the optimiser's step, with
+    the gradients in the parameters' ``.grad``; ``step`` is the number of the step being made (1-based, as
+    :attr:`Step.step`).
     """
     config.check()
     if len(train) == 0:
@@ -171,16 +183,19 @@ def fit(
     total = config.total_steps(len(train))
     gen = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    # oneDNN's preferred layout on a CPU: 1.2-1.3× more images/s on our presets (docs/benchmarks.md). Put back
-    # when done, also when the loop raises.
-    model.to(memory_format=torch.channels_last)
+    device = probe.device_of(model) if device is None else devices.resolve(device)
+    # oneDNN's preferred layout on a CPU: 1.2-1.3× more images/s on our presets (docs/benchmarks.md); measured
+    # there only, so accelerators keep the default layout. Put back when done, also when the loop raises.
+    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    model.to(device, memory_format=layout)
+    xs, ys = train.x.to(device), train.y.to(device)  # the whole split, once (a no-op on the CPU)
     opt = _optimizer(model, config)
     if total >= 10:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total, pct_start=WARM_UP)
     else:  # too few steps for a warm-up and a decay: keep the learning rate constant
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     history = History(status="running")
-    val = val.subset(VAL_IMAGES) if val is not None else None
+    val = _on(val.subset(VAL_IMAGES), device) if val is not None else None
     history.val_images = len(val) if val is not None else 0
     val_every, last_val = math.ceil(total / VAL_EVALS), 0
     # A slow start is not a stuck run: judge only once the learning rate has reached its peak.
@@ -192,13 +207,13 @@ def fit(
     model.train()
     try:
         while history.status == "running":
-            order = torch.randperm(len(train), generator=gen)
+            order = torch.randperm(len(train), generator=gen).to(device)
             for i in range(0, len(train), config.batch_size):
                 idx = order[i: i + config.batch_size]
-                x, y = normalize(train.x[idx], info), train.y[idx]
+                x, y = normalize(xs[idx], info), ys[idx]
                 if config.augment:
                     x = _augment(x, gen, config.flips)
-                x = x.contiguous(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=layout)
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
                 if not torch.isfinite(loss):
@@ -210,6 +225,8 @@ def fit(
                     break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if after_backward is not None:
+                    after_backward(model, step + 1)
                 opt.step()
                 sched.step()
                 step += 1
@@ -247,6 +264,11 @@ def fit(
     return history
 
 
+def _on(split: Split, device: torch.device) -> Split:
+    """``split``'s images and labels on ``device`` (``to`` copies nothing when they are there already); no masks."""
+    return Split(split.info, split.x.to(device), split.y.to(device))
+
+
 def _stuck(steps: list[dict], num_classes: int, config: TrainConfig) -> str:
     """Why the run is stuck at chance, in plain words, or ``""`` while its last batches do better than chance."""
     window = steps[-STUCK_WINDOW:]
@@ -269,14 +291,18 @@ def _stuck(steps: list[dict], num_classes: int, config: TrainConfig) -> str:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> Evaluation:
-    """Accuracy, loss, per-class accuracy, confusion matrix and mistakes of ``model`` on ``split`` (eval mode)."""
+    """Accuracy, loss, per-class accuracy, confusion matrix and mistakes of ``model`` on ``split`` (eval mode).
+
+    Runs where the model is, the split's images moved there once; the tensors of the result are on the CPU.
+    """
     was_training = model.training
     model.eval()
     k = split.info.num_classes
+    on_device = _on(split, probe.device_of(model))
     preds, confid, total_loss = [], [], 0.0
     try:
         for i in range(0, len(split), batch_size):
-            x, y = normalize(split.x[i: i + batch_size], split.info), split.y[i: i + batch_size]
+            x, y = normalize(on_device.x[i: i + batch_size], split.info), on_device.y[i: i + batch_size]
             logits = model(x)
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             p = logits.softmax(1)
@@ -285,7 +311,7 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> Evaluati
             confid.append(conf)
     finally:
         model.train(was_training)
-    pred, conf = torch.cat(preds), torch.cat(confid)
+    pred, conf = torch.cat(preds).cpu(), torch.cat(confid).cpu()
     confusion = torch.bincount(split.y * k + pred, minlength=k * k).view(k, k)
     per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
     wrong = (pred != split.y).nonzero().squeeze(1)

@@ -5,15 +5,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cnnviz import checkpoint, cli
+from cnnviz import checkpoint, cli, data
 
 
 def test_bad_arguments_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--dataset", "imagenet"])
-    assert e.value.code == 2 and ("expected a built-in dataset (shapes, mnist, fashion-mnist, cifar10) or an existing "
-                                  "folder or .zip of class folders, got 'imagenet'") in capsys.readouterr().err
+    assert e.value.code == 2 and (f"expected a built-in dataset ({', '.join(data.DATASETS)}) or an existing "
+                                  f"folder or .zip of class folders, got 'imagenet'") in capsys.readouterr().err
     for args, expected in [
         (["train", "--dataset", "shapes", "--epochs", "0"], "must be at least 1"),
         (["train", "--dataset", "shapes", "--size", "16"], "--size is for folder datasets; shapes has its own size"),
@@ -82,9 +84,22 @@ def test_inspect_writes_every_output(tmp_path):
     assert np.load(out / "input.npy").shape == (1, 3, 32, 32)
     cam = np.load(out / "gradcam.npy")
     assert cam.shape == (32, 32) and cam.dtype == np.float32 and cam.min() >= 0 and cam.max() <= 1
-    for name in ("filters.png", "pooling.png", "gradcam.png", "feature_maps/conv1.png", "feature_maps/pool1.png",
-                 "feature_maps/relu4.png"):
+    for name in ("filters.png", "gradcam.png", "feature_maps/relu4.png"):
         assert Image.open(out / name).size[0] > 100, name
+    # By default only the Grad-CAM layer's maps are drawn; --maps asks for others, by name or all of them, and a
+    # pooling layer among them brings its close-up, pooling.png.
+    assert pred["gradcam"]["layer"] == "relu4" and pred["feature_maps"] == ["relu4"]
+    assert {p.name for p in (out / "feature_maps").iterdir()} == {"relu4.png"} and not (out / "pooling.png").exists()
+    named = out / "named"
+    assert cli.main(["inspect", "--checkpoint", str(_shipped()), "--image", str(img), "--out", str(named),
+                     "--maps", "conv1,pool1", "--device", "cpu"]) == 0
+    assert {p.name for p in (named / "feature_maps").iterdir()} == {"conv1.png", "pool1.png"}
+    assert Image.open(named / "pooling.png").size[0] > 100
+    assert cli.main(["inspect", "--checkpoint", str(_shipped()), "--image", str(img), "--out", str(out / "all"),
+                     "--maps", "all"]) == 0
+    maps = json.loads((out / "all" / "prediction.json").read_text())["feature_maps"]
+    assert maps[:4] == ["conv1", "bn1", "relu1", "pool1"] and "relu4" in maps and (out / "all" / "pooling.png").exists()
+    assert sorted(p.name for p in (out / "all" / "feature_maps").iterdir()) == sorted(f"{m}.png" for m in maps)
 
 
 def test_inspect_layer_and_target_by_name(tmp_path):
@@ -212,7 +227,7 @@ def test_inspect_own_model_writes_every_layer_by_its_module_path(tmp_path, monke
     classes.write_text("cat\ndog\nbird\nfish\n")
     out = tmp_path / "out"
     args = ["inspect", "--model", "tests.own_model:make", "--classes", str(classes), "--input-size", "32",
-            "--image", str(_picture(tmp_path / "red.png")), "--out", str(out)]
+            "--image", str(_picture(tmp_path / "red.png")), "--out", str(out), "--maps", "all"]
     assert cli.main(args + ["--target", "bird"]) == 0
     pred = json.loads((out / "prediction.json").read_text())
     assert pred["model"] == "your code tests.own_model:make" and pred["dataset"] == "your-model"
@@ -269,7 +284,7 @@ def test_inspect_zoo_model_offline_is_untrained_and_says_where_the_weights_go(to
     out = tmp_path / "out"
     # The test session blocks the network (conftest.no_network): torchvision's download fails at once, as offline.
     assert cli.main(["inspect", "--zoo", "resnet18", "--image", str(_picture(tmp_path / "i.png", (320, 240))),
-                     "--out", str(out)]) == 0
+                     "--out", str(out), "--maps", "all"]) == 0
     err = capsys.readouterr().err
     expected = zoo.weights_file("resnet18")
     assert str(torch_home) in str(expected)
@@ -298,9 +313,10 @@ def test_inspect_zoo_model_reads_weights_from_torch_home_offline(torch_home, tmp
     out = tmp_path / "out"
     image = _picture(tmp_path / "i.png", (320, 240), (30, 120, 200))
     assert cli.main(["inspect", "--zoo", "resnet18", "--image", str(image), "--out", str(out)]) == 0
-    assert "cnnviz:" not in capsys.readouterr().err
+    err = capsys.readouterr().err  # the weights are read, and said not to be torchvision's published ones
+    assert err.count("cnnviz:") == 1 and "but not torchvision's published ones" in err
     pred = json.loads((out / "prediction.json").read_text())
-    assert pred["model"] == "ResNet-18"
+    assert pred["model"].startswith("ResNet-18")
     with torch.no_grad():  # the file's weights, on the input the CLI made: the same top class
         probs = saved.eval()(torch.from_numpy(np.load(out / "input.npy"))).softmax(1)[0]
     assert pred["top"][0]["index"] == int(probs.argmax())
@@ -385,3 +401,111 @@ def test_app_with_a_bad_model_exits_with_the_reason_before_serving(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip() == (f"cnnviz: Expected a module nowhere in the current folder ({tmp_path}) or on "
                                    f"PYTHONPATH, but Python could not import it (No module named 'nowhere').")
+
+
+def _shape_png(path: Path, index: int) -> Path:
+    """Shapes image ``index`` of ``shapes.generate(4, seed=5)``, saved as a PNG at ``path``."""
+    from PIL import Image
+
+    from cnnviz import shapes
+
+    x, _, _ = shapes.generate(4, seed=5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(x[index].permute(1, 2, 0).numpy()).save(path, format="PNG")
+    return path
+
+
+def test_inspect_many_images_one_folder_each_one_model_load_bad_ones_reported(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from cnnviz import checkpoint, images
+
+    pictures = tmp_path / "pictures"
+    _shape_png(pictures / "b circle?.png", 0)
+    _shape_png(pictures / "a.png", 1)
+    _shape_png(pictures / ".hidden.png", 2)  # hidden files are left out, as a dataset folder's are
+    (pictures / "notes.txt").write_text("not a picture")
+    (pictures / "sub").mkdir()  # a subfolder is not looked into
+    _shape_png(pictures / "sub" / "deep.png", 2)
+    loose = _shape_png(tmp_path / "elsewhere" / "A.PNG", 3)  # "A" meets "a" on a case-blind file system
+    loads = []
+    real_load = checkpoint.load
+    monkeypatch.setattr(checkpoint, "load", lambda source: loads.append(source) or real_load(source))
+    out = tmp_path / "out"
+    code = cli.main(["inspect", "--checkpoint", str(_shipped()), "--image", str(pictures), "--image", str(loose),
+                     "--image", str(pictures / "a.png"), "--out", str(out), "--maps", "none", "--json"])
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert code == 0 and len(loads) == 1  # one model for every image
+    assert [Path(r["image"]).name for r in result["images"]] == ["a.png", "b circle?.png", "notes.txt", "A.PNG"]
+    assert result["inspected"] == 3 and result["failed"] == 1 and result["device"] == "cpu"
+    bad = result["images"][2]
+    assert "not an image" in bad["error"] and "folder" not in bad
+    assert f"cnnviz: {pictures / 'notes.txt'}: " in captured.err and captured.err.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["A-2", "a", "b_circle", "filters.png"]  # filters: once
+    assert result["files"] == ["filters.png"]
+    for entry, name in zip([r for r in result["images"] if "error" not in r], ["a", "b_circle", "A-2"]):
+        folder = out / name
+        assert entry["folder"] == str(folder)
+        assert {p.name for p in folder.iterdir()} == {"prediction.json", "input.npy", "gradcam.npy", "gradcam.png"}
+        assert json.loads((folder / "prediction.json").read_text())["top"] == entry["top"]
+        # Each folder holds its own image's results: the input it saved is that file, prepared.
+        ck = real_load(_shipped())
+        expected = images.prepare(images.load(entry["image"]), ck.info).tensor
+        assert np.array_equal(np.load(folder / "input.npy"), expected.numpy())
+
+
+def test_inspect_exits_1_only_when_no_image_works(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    args = ["inspect", "--checkpoint", str(_shipped()), "--out", str(tmp_path / "o"), "--maps", "none"]
+    assert cli.main([*args, "--image", str(empty), "--image", str(bad), "--image", str(tmp_path / "gone.png")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and "holds no files" in err[0] and str(bad) in err[1] and "gone.png" in err[2]
+    assert not (tmp_path / "o").exists()
+    good = _shape_png(tmp_path / "good.png", 0)
+    assert cli.main([*args, "--image", str(bad), "--image", str(good)]) == 0
+    assert (tmp_path / "o" / "good" / "prediction.json").is_file() and not (tmp_path / "o" / "bad").exists()
+
+
+def test_inspect_unknown_maps_layer_exits_2_with_the_names(tmp_path, capsys):
+    image = _shape_png(tmp_path / "i.png", 0)
+    code = cli.main(["inspect", "--checkpoint", str(_shipped()), "--image", str(image), "--out", str(tmp_path / "o"),
+                     "--maps", "conv1,nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'nope'" in err and "conv1, bn1, relu1, pool1" in err
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(min_size=0, max_size=120), min_size=1, max_size=6))
+def test_result_folder_names_are_safe_and_distinct(stems):
+    names = cli.unique_names([cli.folder_name(Path(f"{stem}.png")) for stem in stems])
+    assert len({n.casefold() for n in names}) == len(names)
+    for name in names:
+        assert name and not name.startswith(".") and name not in (".", "..")
+        assert not set(name) & set("/\\\0:*?\"<>|") and all(c.isprintable() for c in name)
+        assert len(name) <= cli.MAX_FOLDER_NAME + 4  # "-NNN" at most for six names
+        assert name.split("-")[0].lower() not in {"con", "nul", "aux", "prn"}
+
+
+def test_folder_names_by_example():
+    assert [cli.folder_name(Path(p)) for p in ["cat.png", "my photo (1).jpg", "../x.png", ".png", "été.JPG",
+                                               "nul.png", "a.b.png"]] == [
+        "cat", "my_photo_1", "x", "png", "été", "nul_", "a.b"]
+    assert cli.unique_names(["cat", "Cat", "cat-2", "cat"]) == ["cat", "Cat-2", "cat-2-2", "cat-3"]
+
+
+def test_the_cli_imports_no_figures_zoo_or_web_app_to_start():
+    code = ("import sys, cnnviz.cli as c; c.parser().parse_args(['inspect', '--checkpoint', 'm.pt', '--image', "
+            "'i.png', '--out', 'o']); print(sorted(m for m in ('matplotlib', 'plotly', 'streamlit', 'cnnviz.zoo', "
+            "'cnnviz.figures') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_zoo_names_are_listed_in_help(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["inspect", "--help"])
+    assert "resnet18, vgg16" in " ".join(capsys.readouterr().out.split())

@@ -4,7 +4,7 @@ import threading
 import pytest
 import torch
 
-from cnnviz import data, models, train
+from cnnviz import data, devices, models, probe, train
 
 
 def test_model_learns_shapes(trained_shapes):
@@ -205,3 +205,43 @@ def test_stuck_needs_chance_loss_and_accuracy_and_waits_for_the_warm_up(shapes_s
     h = train.fit(model, tr, train.TrainConfig(min_steps=40, batch_size=50, epochs=1))
     assert h.status == "stuck" and len(h.steps) == 10  # the warm-up is a quarter of the 40 steps
     assert not model.training
+
+
+def test_device_cpu_trains_exactly_as_before_and_keeps_the_model_there(shapes_small):
+    tr, te = shapes_small
+    tr = tr.subset(96)
+    spec = models.preset("tiny", 3, 32, tr.info.num_classes)
+    cfg = train.TrainConfig(epochs=1, min_steps=0, max_steps=6, batch_size=32, augment=True)
+    runs = []
+    for device in (None, "cpu", torch.device("cpu"), "auto"):  # auto is the CPU on a machine without a GPU
+        if device == "auto" and devices.available()[0] != "cpu":
+            continue
+        m = models.build(spec, seed=3)
+        h = train.fit(m, tr, cfg, val=te.subset(50), device=device)
+        ev = train.evaluate(m, te.subset(50))
+        runs.append((m.state_dict(), [s["loss"] for s in h.steps], h.epochs[-1]["val_acc"], ev.confusion))
+        assert probe.device_of(m).type == "cpu" and ev.confusion.device.type == "cpu"
+    first = runs[0]
+    for state, losses, val_acc, confusion in runs[1:]:
+        assert losses == first[1] and val_acc == first[2] and torch.equal(confusion, first[3])
+        assert all(torch.equal(state[k], first[0][k]) for k in state)
+
+
+def test_after_backward_sees_each_steps_gradients_before_the_optimiser(shapes_small):
+    tr, _ = shapes_small
+    tr = tr.subset(64)
+    m = models.build(models.preset("tiny", 3, 32, tr.info.num_classes), seed=0)
+    before = {k: v.detach().clone() for k, v in m.named_parameters()}
+    seen = []
+
+    def after_backward(model, step):
+        grads = [p.grad for p in model.parameters()]
+        assert model is m and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+        seen.append(step)
+        for p in model.parameters():  # zero gradients: Adam then moves nothing, if it runs after this
+            p.grad.zero_()
+
+    h = train.fit(m, tr, train.TrainConfig(epochs=2, min_steps=0, max_steps=5, batch_size=16),
+                  after_backward=after_backward)
+    assert seen == [1, 2, 3, 4, 5] == [s["step"] for s in h.steps]
+    assert all(torch.equal(v, before[k]) for k, v in m.named_parameters())  # the hook ran before every step

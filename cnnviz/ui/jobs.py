@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from cnnviz import cluster, models
+from cnnviz import cluster, devices, models
 from cnnviz.checkpoint import Checkpoint
 from cnnviz.data import Split
 from cnnviz.train import Evaluation, History, TrainConfig
@@ -458,8 +458,9 @@ class _Process:
 
     def __init__(self, stop, threads: int):
         self._here, self._there = _context.Pipe()
-        self.process = _context.Process(target=worker.run, args=(self._there, stop, threads), name="cnnviz-train",
-                                        daemon=True)
+        device = os.environ.get(devices.ENV) or "cpu"  # `cnnviz app --device`; resolved in the training process
+        self.process = _context.Process(target=worker.run, args=(self._there, stop, threads, device),
+                                        name="cnnviz-train", daemon=True)
         self.started: float | None = None  # when the work was sent: the time cap counts from here
 
     def start(self, payload: bytes) -> None:

@@ -42,24 +42,28 @@ def serve(port: int, env: dict[str, str] | None = None) -> None:
 
 def show(model: nn.Module, *, classes: Sequence[str] | None = None, input_size: int = 224,
          mean: Sequence[float] | None = None, std: Sequence[float] | None = None, channels: int | None = None,
-         title: str | None = None, port: int = 8501) -> str:
+         title: str | None = None, port: int = 8501, device: str = "auto") -> str:
     """Open the app on ``model``, an image classifier ``(1, C, S, S)`` → ``(1, K)``; returns the app's address.
 
     The arguments are :func:`cnnviz.usercode.from_module`'s (a copy of the model is shown, checked first: a model the
     app cannot show raises :class:`~cnnviz.usercode.UserModelError` before anything starts). The server runs in this
     process: from a script, until Ctrl+C; in a notebook, on the notebook's event loop, so the call returns at once
     and the server lives as long as the kernel. Called again while it runs, it only swaps the model: sessions opened
-    afterwards (reload the page) get the new one.
+    afterwards (reload the page) get the new one. ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``) is where
+    the sessions' models run, as ``cnnviz app --device``; a device this machine lacks raises
+    :class:`~cnnviz.devices.DeviceError`.
 
     A server started here keeps the process's settings: the OpenMP and allocator tuning of ``cnnviz app`` for many
     students at once cannot apply, since torch is already loaded.
     """
     from streamlit import runtime
 
-    from cnnviz import usercode
+    from cnnviz import devices, usercode
 
+    where = str(devices.resolve(device))
     usercode.register(usercode.from_module(model, classes=classes, input_size=input_size, mean=mean, std=std,
                                            channels=channels, title=title))
+    os.environ[devices.ENV] = where  # read by cnnviz.ui.state, in this process, for each new session
     if not runtime.exists():
         _streamlit(port)
     return f"http://localhost:{port}"
@@ -87,8 +91,12 @@ def _main(port: int) -> int:
         sys.exit(f"cnnviz: {e}")
     import cnnviz.ui.views  # noqa: F401  (torch, torchvision and the pages' modules, loaded before the first visit)
     import cnnviz.ui.widgets  # noqa: F401
+    from cnnviz import cluster
     from cnnviz.ui import jobs
 
-    jobs.start_worker_server()  # training processes fork from it; it loads torch while the server starts
+    try:  # local: training processes fork from a server loaded now; a Ray cluster: connect now, or say why not
+        jobs.start_backend()
+    except cluster.ClusterError as e:
+        sys.exit(f"cnnviz: {e}")
     _streamlit(port)
     return 0

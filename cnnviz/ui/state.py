@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
+import threading
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +26,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from cnnviz import checkpoint, data, images, sharing, train, usercode, zoo
+from cnnviz import checkpoint, data, devices, images, probe, sharing, train, usercode, zoo
 from cnnviz.checkpoint import Checkpoint
 from cnnviz.data import DatasetError, DatasetInfo, Split
 
@@ -59,7 +61,28 @@ class SessionModel:
         return self.info.title
 
 
+def device() -> torch.device:
+    """Where this server puts each session's model: ``$CNNVIZ_DEVICE`` (``cnnviz app --device`` sets it), else the
+    CPU. Probing, Grad-CAM and maximisation follow the model there."""
+    return devices.resolve(os.environ.get(devices.ENV) or "cpu")
+
+
+_placing = threading.Lock()
+
+
+def _on_device(model: nn.Module) -> nn.Module:
+    """Move a model every session shares (a zoo model, the user's code) to :func:`device`, once: sessions are threads
+    of one process, and their copies (:func:`cnnviz.sharing.session_copy`) share its weights wherever they are."""
+    target = device()
+    with _placing:
+        here = probe.device_of(model)
+        if here.type != target.type or (target.index is not None and here.index != target.index):
+            model.to(target)
+    return model
+
+
 def _from_checkpoint(ck: Checkpoint, model_id: str, source: str) -> SessionModel:
+    ck.model.to(device())  # the session's own module tree: moved in place
     acc = ck.metrics.get("test_accuracy")
     return SessionModel(ck.model, ck.info, model_id, source, ckpt=ck, accuracy=acc,
                         accuracy_from="as reported by the file, not measured here" if ck.metrics_from_file else "")
@@ -138,10 +161,10 @@ def _borrow(choice: str, uploaded: str | None) -> SessionModel:
     """This session's own module tree over a shared model's weights (see :func:`cnnviz.sharing.session_copy`)."""
     if choice == CODE:
         um = usercode.registered()
-        return SessionModel(sharing.session_copy(um.model), um.info, _shared_id(choice, None), um.source)
+        return SessionModel(sharing.session_copy(_on_device(um.model)), um.info, _shared_id(choice, None), um.source)
     zm = uploaded_zoo(choice, uploaded) if uploaded else zoo_model(choice)
     acc = zoo.reported_accuracy(zm.name) if zm.weights == "imagenet" else None
-    return SessionModel(sharing.session_copy(zm.model), zm.info, _shared_id(choice, uploaded),
+    return SessionModel(sharing.session_copy(_on_device(zm.model)), zm.info, _shared_id(choice, uploaded),
                         f"torchvision {zm.label}", accuracy=acc,
                         accuracy_from="ImageNet top-1 as reported by torchvision, not measured here", note=zm.note)
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from cnnviz import models, train
+from cnnviz import devices, models, train
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def run(outbox, stop, threads: int, device: str = "cpu", niceness: int = NICENES
         # takes what is left (on an idle server it still has them all).
         if niceness:
             os.nice(niceness)
+        device = str(devices.resolve(device))  # here, in the training process: the fork server never touches CUDA
         spec, train_split, val_split, test_split, config = pickle.loads(outbox.recv_bytes())
         train_split, val_split, test_split = (None if split is None else replace(split, x=split.x.to(device),
                                                                                  y=split.y.to(device))
