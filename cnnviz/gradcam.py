@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnviz import probe
+from cnnviz import models, probe
 
 Target = int | Callable[[Tensor], Tensor]  # a class index, or logits (1, K) → scalar score
 
@@ -105,6 +105,14 @@ def default_layer(model: nn.Module) -> str:
     if not convs:
         raise ValueError(f"{type(model).__name__} has no Conv2d layer; pass layer= explicitly")
     last = convs[-1]
+    # Inside one of our residual or Inception blocks the last conv registered is a shortcut's or a branch's, not
+    # the block's output: the block's own output is (its final ReLU; the concatenation of its branches).
+    for path in _prefixes(last):
+        block = probe.get_module(model, path)
+        if isinstance(block, models.Residual):
+            return f"{path}.relu"
+        if isinstance(block, models.Inception):
+            return f"{path}.concat"
     parent_path, _, child = last.rpartition(".")
     parent = probe.get_module(model, parent_path)
     if not isinstance(parent, nn.Sequential):
@@ -120,6 +128,12 @@ def default_layer(model: nn.Module) -> str:
         if kind == "activation":
             chosen = prefix + name
     return chosen
+
+
+def _prefixes(name: str) -> list[str]:
+    """The module paths that hold ``name``, outermost first: ``a.b.c`` gives ``a`` and ``a.b``."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 # Layers that change each channel by one affine map in eval mode, the same at every cell: between a layer and a

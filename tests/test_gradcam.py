@@ -371,3 +371,17 @@ def test_centre_baseline_scores_the_centre_pixel_by_hand():
     assert gradcam.centre_hits(masks, tolerance=1).hits == 2
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         gradcam.centre_hits(torch.zeros(5, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(("preset", "expected"), [("mini-resnet", ".relu"), ("mini-inception", ".concat"),
+                                                  ("resnet-20", ".relu")])
+def test_default_layer_of_a_graph_model_is_its_last_blocks_output(preset, expected):
+    from cnnviz import models
+
+    spec = models.preset(preset, 3, 32, 8)
+    model = models.build(spec, seed=0).eval()
+    layer = gradcam.default_layer(model)
+    blocks = [name for name, m in model.named_children() if isinstance(m, (models.Residual, models.Inception))]
+    assert layer == blocks[-1] + expected
+    result = gradcam.compute(model, torch.rand(1, 3, 32, 32), layer=layer)
+    assert result.heatmap.shape[-2:] == (32, 32) and torch.isfinite(result.heatmap).all()
