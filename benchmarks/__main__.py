@@ -13,8 +13,8 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import (browser_train, camera, classroom, docs, gradients, inference, libraries, ray_jobs, recipe, report,
-                        startup, training, webapp, yours)
+from benchmarks import (browser_train, camera, classroom, dissection, docs, gradients, inference, libraries, ray_jobs,
+                        recipe, report, startup, training, webapp, yours)
 from benchmarks.common import Options, resolve_device
 
 SECTIONS = {
@@ -39,6 +39,7 @@ SECTIONS = {
     "gradient-stats": gradients.gradient_stats,
     "ray-jobs": ray_jobs.ray_jobs,
     "startup": startup.startup,
+    "dissection": dissection.dissection,
 }
 # What a section says about its own length before it starts, beside the last recorded run's.
 ANNOUNCE = {"mnist-to-99": recipe.announce}

@@ -58,7 +58,11 @@ RATIO_FROM = MB
 MAX_SIZE = 64  # largest side: the tiny preset fits up to 79 px, and 5,000 colour images of 64 px take 61 MB
 MAX_CLASSES = models.NUM_CLASSES[1]
 MIN_TEST_PER_CLASS = 2  # fewer test images than this make a class's test accuracy 0 % or 100 % by chance
-PRESET = "tiny"  # the preset for photos; models.check accepts it for every size up to MAX_SIZE and class count
+PRESET = "photos"  # the preset for photos; models.check accepts it for every size up to MAX_SIZE and class count
+# How photos of any shape become squares: the middle square, as torchvision's evaluation and Teachable Machine do.
+# Stretching ("squash") turns a wide photo's square into a tall rectangle, so the shape of a thing stops telling its
+# class (`make bench`'s own-data section measures both on the same photos, model and steps).
+RESIZE = "crop"
 DEFAULT_TITLE = "Your images"
 IGNORED = ("__MACOSX", "Thumbs.db", "desktop.ini")  # left by Macs and Windows beside names starting with "."
 

@@ -443,6 +443,19 @@ PRESETS: dict[str, dict] = {
                 ConvBlock(32, batchnorm=True, pool="none"), ConvBlock(48, batchnorm=True, pool="none", dropout=0.2)],
         global_pool=True,
     ),
+    "photos": dict(
+        description="Three conv blocks of 16/32/64 channels with batchnorm, then global average pooling: the "
+                    "default for your own photos.",
+        blocks=[ConvBlock(16, batchnorm=True), ConvBlock(32, batchnorm=True), ConvBlock(64, batchnorm=True)],
+        global_pool=True,
+    ),
+    "parts": dict(
+        description="Four conv blocks of 8/16/32/64 channels with batchnorm and 2×2 pooling, then global average "
+                    "pooling: the last block sees whole objects. The default for parts.",
+        blocks=[ConvBlock(8, batchnorm=True), ConvBlock(16, batchnorm=True), ConvBlock(32, batchnorm=True),
+                ConvBlock(64, batchnorm=True)],
+        global_pool=True,
+    ),
     "tiny": dict(
         description="Two small conv blocks with batchnorm and a dense layer: trains in seconds. The default for "
                     "digits and photos.",

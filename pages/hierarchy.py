@@ -1,8 +1,9 @@
-"""What each layer learns: receptive fields, the patches that excite each channel, synthesised inputs, evolution."""
+"""What each layer learns: receptive fields, the patches that excite each channel, synthesised inputs, evolution, and
+what each layer detects, measured by network dissection."""
 
 import streamlit as st
 
-from cnnviz.ui import links, state, views
+from cnnviz.ui import dissection, links, state, views
 
 st.title("What each layer learns")
 st.markdown("Each layer of a CNN combines the maps of the one before, so one cell of a later layer sees a bigger part "
@@ -46,3 +47,6 @@ views.overview(sm, test)
 
 st.header("4 · How the first filters grew during training", divider="gray", anchor=False)
 views.evolution(sm, key="hier_frame")
+
+st.header("5 · What each layer detects, measured", divider="gray", anchor=False)
+dissection.section(sm)

@@ -134,7 +134,7 @@ def test_a_folder_of_class_folders_loads_with_known_answers(tmp_path):
     info = loaded.info
     assert info.class_names == ("apple", "banana", "cherry")
     assert info.name.startswith("yours-") and data.is_own(info.name) and info.title == "fruit"
-    assert (info.channels, info.size, info.invert, info.resize) == (3, 32, False, "squash")
+    assert (info.channels, info.size, info.invert, info.resize) == (3, 32, False, "crop")
     assert "26 of your own images in 3 classes" in info.description
     assert loaded.skipped == [] and loaded.train.info is info and loaded.test.info is info
     x = torch.cat([loaded.train.x, loaded.test.x])

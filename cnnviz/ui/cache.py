@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
 
-from cnnviz import figures, gradcam, images, maximize
+from cnnviz import dissect, figures, gradcam, images, maximize
 from cnnviz.data import DatasetInfo, Split
 from cnnviz.inspection import Inspection, inspect
 
@@ -49,7 +49,7 @@ TTL = 3600
 DEFAULT_MB = 256
 # How the total budget is split. Inspections hold the probe's records and a ≤ 512 px copy of the upload (~1 MB each
 # for our models); figures are PNGs of ~50–300 kB; Grad-CAM maps and test-set patches are small.
-SHARES = {"inspection": 0.5, "figure_png": 0.3, "cam": 0.1, "top_patches": 0.1}
+SHARES = {"inspection": 0.45, "figure_png": 0.25, "cam": 0.1, "top_patches": 0.1, "dissection": 0.1}
 
 T = TypeVar("T")
 
@@ -247,3 +247,16 @@ def top_patches(_model: nn.Module, model_id: str, _split: Split, dataset: str, l
 def figure_png(key: tuple, _make: Callable[[], Figure]) -> bytes:
     """PNG bytes of the figure ``_make()`` builds; ``key`` names everything the figure depends on."""
     return figures.to_png(_make())
+
+
+DISSECTION_CONTROL_SEED = 0  # the untrained control's weights: the same for every student
+dissecting = threading.Lock()  # one dissection at a time per server: it uses every core it gets; two only slow both
+
+
+@cached("dissection")
+def dissection(_model: nn.Module, model_id: str, untrained: bool, images: int,
+               _progress: Callable[[float], None]) -> dissect.Dissection:
+    """Network dissection of ``_model`` (or of its architecture with fresh random weights, the control)."""
+    model = dissect.untrained(_model, seed=DISSECTION_CONTROL_SEED) if untrained else _model
+    with dissecting:
+        return dissect.dissect(model, images=images, progress=_progress)

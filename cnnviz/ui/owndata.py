@@ -56,7 +56,10 @@ def builder() -> data.Loaded | None:
     size = c[1].selectbox("Image size", SIZES, key="own_size",
                           help="Every picture is resized to this square. 32 trains fastest; 64 keeps more detail.")
     resize = c[2].radio("Resize", images.RESIZE_POLICIES, horizontal=True, key="own_resize",
-                        captions=["stretch to a square", "cut the middle square", "add a border"])
+                        index=images.RESIZE_POLICIES.index(folders.RESIZE),
+                        captions=["stretch to a square", "cut the middle square", "add a border"],
+                        help="Cutting the middle square keeps shapes as they are (a circle stays round); "
+                             "stretching turns a wide photo's square into a tall rectangle.")
     if how == "Upload a zip":
         _from_zip(size, resize)
     else:

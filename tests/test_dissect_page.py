@@ -1,0 +1,49 @@
+"""#14 in the app: "What each layer learns" dissects a model trained on parts, beside its untrained control."""
+
+from __future__ import annotations
+
+from streamlit.testing.v1 import AppTest
+
+from cnnviz import data, dissect, models
+from cnnviz.ui import dissection, state
+from tests.test_pages import APP, texts
+
+
+def on_hierarchy(sm: state.SessionModel, **values) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["model"] = sm
+    for key, value in values.items():
+        at.session_state[key] = value
+    # Straight to the page, run on its own: a run of the whole app first would draw the sidebar's model picker with
+    # labels this test model changes, which AppTest cannot replay.
+    at.switch_page("pages/hierarchy.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_a_model_not_trained_on_parts_is_pointed_to_the_train_page():
+    at = on_hierarchy(state.SessionModel(_shapes_model(), data.info("shapes"), "test-shapes", "test"))
+    assert "This needs a model trained on the **parts** dataset" in texts(at)
+    assert "dissect_go" not in [b.key for b in at.button]
+
+
+def _shapes_model():
+    info = data.info("shapes")
+    return models.build(models.preset("tiny", info.channels, info.size, info.num_classes), seed=0).eval()
+
+
+def test_dissecting_a_parts_model_draws_both_charts_with_the_measured_sentences(monkeypatch):
+    monkeypatch.setattr(dissection, "IMAGES", 60)
+    info = data.info("parts")
+    model = models.build(models.preset("parts", info.channels, info.size, info.num_classes), seed=0).eval()
+    sm = state.SessionModel(model, info, "test-parts", "built in a test")
+    assert "dissect_go" in [b.key for b in on_hierarchy(sm).button]
+    # What the button does (a second run here trips AppTest over the sidebar's model picker, whose labels changed).
+    at = on_hierarchy(sm, **{f"dissected_{sm.model_id}": True})
+    assert len(at.get("plotly_chart")) >= 2
+    trained = dissect.dissect(model, images=60)
+    control = dissect.dissect(dissect.untrained(model, seed=dissection.CONTROL_SEED), images=60)
+    captions = [c.value for c in at.caption]
+    assert dissection.trend(trained, True) in captions
+    assert any(c.startswith(dissection.trend(control, True)) for c in captions)
+    assert any(s.value == "The units behind a bar" for s in at.subheader)
