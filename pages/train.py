@@ -6,7 +6,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from cnnviz import charts, data, diagram, figures, models, parts, runs, train
+from cnnviz import charts, data, diagram, figures, gradients, models, parts, runs, train
 from cnnviz.data import DatasetError
 from cnnviz.text import md
 from cnnviz.ui import jobs, links, owndata, state, widgets
@@ -243,6 +243,13 @@ def live() -> None:
         right.caption("Each square is one filter of the first layer, redrawn every few seconds while the network "
                       "trains. They start as random numbers; every training step adjusts them, following the "
                       "gradient of the loss on one batch of images.")
+    if snap.gradients and snap.gradients["steps"]:
+        grads = gradients.GradientSnapshot(**snap.gradients)
+        st.plotly_chart(gradients.heatmap(grads, "grad_norm"), key="gradients", width="stretch")
+        st.caption(f"Backpropagation, live: the size of each layer's gradient (how hard the loss pulls on its "
+                   f"weights), sampled every {grads.every} steps; brighter is bigger. Layers near the input getting "
+                   f"far smaller gradients than those near the output learn slowly: that is what residual "
+                   f"connections fix (Learn → Backpropagation and architectures).")
     if widgets.adopt_finished(snap):
         st.rerun()  # the whole page: results below and the sidebar show the new model
     if not snap.active and running:

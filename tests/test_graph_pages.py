@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from cnnviz import data, models
 from cnnviz.ui import state
-from tests.test_pages import APP, texts
+from tests.test_pages import APP
 
 PAGES = ["pages/home.py", "pages/train.py", "pages/explore.py", "pages/camera.py", "pages/convolution.py",
          "pages/hierarchy.py", "pages/lessons.py", "pages/architectures.py"]

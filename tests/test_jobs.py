@@ -53,6 +53,10 @@ def test_job_trains_in_background_and_reports(small):
     frames = snap.result.filter_frames
     assert frames[0][0] == 0 and frames[-1][0] == 20 and not torch.equal(frames[0][1], frames[-1][1])
     assert snap.filters.shape == (16, 3, 3, 3) and snap.filters_step == 20
+    # Backpropagation, live: every parameterised layer's gradient norm, sampled (steps 1, 11 of 20 at every 10).
+    grads = snap.gradients
+    assert grads["layers"][0] == "conv1" and grads["layers"][-1] == "fc" and grads["steps"][0] == 1
+    assert all(len(row) == len(grads["steps"]) and all(v > 0 for v in row) for row in grads["grad_norm"])
 
 
 def test_snapshot_is_a_copy(small):

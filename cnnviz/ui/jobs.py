@@ -239,6 +239,7 @@ class Snapshot:
     history: dict = field(default_factory=lambda: History().to_dict())
     filters: torch.Tensor | None = None  # first conv layer's weights (O, I, kh, kw) at the latest report
     filters_step: int = -1  # the step ``filters`` was taken at: a page redraws them only when it changes
+    gradients: dict | None = None  # cnnviz.gradients.GradientSnapshot.to_dict() at the latest report
     result: Checkpoint | None = None
     evaluation: Evaluation | None = None
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from cnnviz import devices, models, train
+from cnnviz import devices, gradients, models, train
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def run(outbox, stop, threads: int, device: str = "cpu", niceness: int = NICENES
                                                                                  y=split.y.to(device))
                                               for split in (train_split, val_split, test_split))
         model = models.build(spec, seed=config.seed).to(device)
+        stats = gradients.GradientStats(model)  # every layer's gradient and update sizes, sampled: the page plots them
         first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
         frame_every = max(1, config.total_steps(len(train_split)) // REPLAY_FRAMES)
         frames: list[tuple[int, torch.Tensor]] = []
@@ -74,7 +75,8 @@ def run(outbox, stop, threads: int, device: str = "cpu", niceness: int = NICENES
             now = time.monotonic()
             if now - last_report >= REPORT_EVERY or s.step == s.total_steps:
                 send("progress", steps=steps.copy(), epochs=epochs.copy(), step=s.step, loss=s.loss, acc=s.acc,
-                     images_per_s=s.images_per_s, elapsed=s.elapsed, eta=s.eta, filters=filters())
+                     images_per_s=s.images_per_s, elapsed=s.elapsed, eta=s.eta, filters=filters(),
+                     gradients=stats.snapshot().to_dict())
                 steps.clear()
                 epochs.clear()
                 last_report = now
@@ -83,8 +85,9 @@ def run(outbox, stop, threads: int, device: str = "cpu", niceness: int = NICENES
             frames.append((0, filters()))
         send("progress", steps=[], epochs=[], filters=filters())
         history = train.fit(model, train_split, config, val=val_split, on_step=on_step, stop=stop,
-                            on_epoch=epochs.append)
-        send("progress", steps=steps, epochs=epochs, step=len(history.steps))
+                            on_epoch=epochs.append, after_backward=stats)
+        stats.finish()
+        send("progress", steps=steps, epochs=epochs, step=len(history.steps), gradients=stats.snapshot().to_dict())
         if frames and frames[-1][0] != len(history.steps):
             frames.append((len(history.steps), filters()))
         evaluation = train.evaluate(model, test_split)
