@@ -215,8 +215,9 @@ def race_cnnviz(full_train, accuracy: Callable, cap: float, device) -> tuple[Rac
     preset = args.preset or info.preset
     spec = models.preset(preset, info.channels, info.size, info.num_classes)
     model = models.build(spec, seed=args.seed).to(device)
-    config = train.TrainConfig(epochs=args.epochs or info.epochs, batch_size=args.batch_size, lr=args.lr,
-                               seed=args.seed, augment=args.augment)
+    batch, lr = cli.batch_and_lr(args)
+    config = train.TrainConfig(epochs=args.epochs or info.epochs, batch_size=batch, lr=lr, seed=args.seed,
+                               augment=args.augment)
     steps_per_epoch = -(-len(train_split) // config.batch_size)
     race, stop, watch = Race(), threading.Event(), Stopwatch(device)
 

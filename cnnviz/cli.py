@@ -29,6 +29,13 @@ FOLDER_SIZE = 32  # side of a folder dataset's images: small enough to train on 
 MODEL_OPTIONS = ("weights", "classes", "input_size", "mean", "std")  # they describe a --model
 
 
+def batch_and_lr(args: argparse.Namespace) -> tuple[int, float]:
+    """``train``'s batch size and peak learning rate: as given, else 128 and 0.005, or 64 and 0.01 for parts (which
+    learns in its two epochs with smaller batches and a higher rate: measured in cnnviz.parts)."""
+    batch, lr = (64, 0.01) if args.dataset == "parts" else (128, 0.005)
+    return args.batch_size or batch, args.lr or lr
+
+
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -60,9 +67,8 @@ def _train(args: argparse.Namespace) -> int:
     spec = models.preset(args.preset, info.channels, info.size, info.num_classes)
     model = models.build(spec, seed=args.seed)
     epochs = args.epochs or info.epochs
-    # parts learns in its two epochs with smaller batches and a higher rate (measured in cnnviz.parts)
-    batch, lr = (64, 0.01) if args.dataset == "parts" else (128, 0.005)
-    config = train.TrainConfig(epochs=epochs, batch_size=args.batch_size or batch, lr=args.lr or lr, seed=args.seed,
+    batch, lr = batch_and_lr(args)
+    config = train.TrainConfig(epochs=epochs, batch_size=batch, lr=lr, seed=args.seed,
                                augment=args.augment)
     bar = tqdm(total=config.total_steps(len(train_split)), desc=f"{args.dataset}/{args.preset}", unit="step",
                file=sys.stderr, dynamic_ncols=True)
