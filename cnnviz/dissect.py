@@ -100,7 +100,8 @@ class Dissection:
     """The layers in the order the forward pass reaches them, the scenes dissected and how long it took."""
 
     layers: list[Layer]
-    scenes: parts.Scenes = field(repr=False)
+    # The scenes are parts.cached's, shared by every dissection: caches do not count them as this one's bytes.
+    scenes: parts.Scenes = field(repr=False, metadata={"shared": True})
     seconds: float
     quantile: float = QUANTILE
     iou_threshold: float = IOU_THRESHOLD

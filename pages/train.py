@@ -245,7 +245,11 @@ def live() -> None:
                       "gradient of the loss on one batch of images.")
     if snap.gradients and snap.gradients["steps"]:
         grads = gradients.GradientSnapshot(**snap.gradients)
-        st.plotly_chart(gradients.heatmap(grads, "grad_norm"), key="gradients", width="stretch")
+        drawn = st.session_state.get("live_gradients")  # (job, samples drawn, figure): redrawn only when they change
+        if drawn is None or drawn[0] is not job or drawn[1] != (grads.steps[-1], grads.every):
+            drawn = (job, (grads.steps[-1], grads.every), gradients.heatmap(grads, "grad_norm"))
+            st.session_state.live_gradients = drawn
+        st.plotly_chart(drawn[2], key="gradients", width="stretch")
         st.caption(f"Backpropagation, live: the size of each layer's gradient (how hard the loss pulls on its "
                    f"weights), sampled every {grads.every} steps; brighter is bigger. Layers near the input getting "
                    f"far smaller gradients than those near the output learn slowly: that is what residual "

@@ -47,3 +47,20 @@ def test_dissecting_a_parts_model_draws_both_charts_with_the_measured_sentences(
     assert dissection.trend(trained, True) in captions
     assert any(c.startswith(dissection.trend(control, True)) for c in captions)
     assert any(s.value == "The units behind a bar" for s in at.subheader)
+
+
+def test_a_default_dissection_stays_in_its_cache_and_is_computed_once(monkeypatch):
+    """The scenes a dissection points to are shared (parts.cached): its cache must not count them, or a default
+    dissection (2,000 scenes, ~57 MB of images and masks) would never be kept and every rerun would dissect again."""
+    from cnnviz.ui import cache
+
+    info = data.info("parts")
+    model = models.build(models.preset("parts", info.channels, info.size, info.num_classes), seed=0).eval()
+    found = dissect.dissect(model, images=dissect.IMAGES)
+    assert cache.nbytes(found.scenes) > cache.dissection.cache.max_bytes  # the scenes alone would not fit
+    assert cache.nbytes(found) < cache.dissection.cache.max_bytes / 2
+    calls = []
+    monkeypatch.setattr(dissect, "dissect", lambda *a, **k: calls.append(1) or found)
+    first = cache.dissection(model, "test-cache-once", False, dissect.IMAGES, lambda f: None)
+    again = cache.dissection(model, "test-cache-once", False, dissect.IMAGES, lambda f: None)
+    assert first is again is found and calls == [1]

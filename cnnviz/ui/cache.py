@@ -74,7 +74,8 @@ def nbytes(obj: Any) -> int:
     """Bytes held by ``obj``: tensors, arrays, PIL images and byte strings reachable through dataclasses, dicts,
     lists, tuples and sets, each object counted once; other objects count their own ``sys.getsizeof``.
 
-    A tensor or array counts its own elements (a view counts its size, not the storage it looks into).
+    A tensor or array counts its own elements (a view counts its size, not the storage it looks into). A dataclass
+    field marked ``metadata={"shared": True}`` is left out: what it holds is shared by many values and kept elsewhere.
     """
     seen: set[int] = set()
     total = 0
@@ -103,7 +104,8 @@ def nbytes(obj: Any) -> int:
             stack.extend(o)
         elif dataclasses.is_dataclass(o) and not isinstance(o, type):
             total += sys.getsizeof(o)
-            stack.extend(getattr(o, f.name) for f in dataclasses.fields(o))
+            # A field marked shared (metadata {"shared": True}) is held elsewhere for everyone: not this value's.
+            stack.extend(getattr(o, f.name) for f in dataclasses.fields(o) if not f.metadata.get("shared"))
         else:
             total += sys.getsizeof(o)
     return total
