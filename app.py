@@ -15,6 +15,7 @@ from cnnviz.ui import jobs, links, widgets  # noqa: E402
 
 jobs.use_server_threads()
 st.set_page_config(page_title="cnnviz: see inside a CNN", page_icon=":material/visibility:", layout="wide")
+st.html(widgets.QUIET_STATUS_CSS)
 
 pages = {
     "": [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)],

@@ -20,27 +20,6 @@ PLOTLY_FONT = 14
 TRAIN_COLOUR, VAL_COLOUR = "#1f77b4", "#ff7f0e"
 
 
-def topk_bars(probs: Tensor, class_names: Sequence[str], k: int = 5) -> go.Figure:
-    """The ``k`` most probable classes of ``probs`` (K,) in [0, 1] as horizontal bars, highest on top, in %."""
-    probs = _as_float(probs, "(K,)", 1)
-    if len(class_names) != len(probs):
-        raise ValueError(f"expected {len(probs)} class names, got {len(class_names)}")
-    if k < 1:
-        raise ValueError(f"expected k >= 1, got {k}")
-    top = probs.topk(min(k, len(probs)))
-    names = [text.plotly(class_names[i]) for i in top.indices.tolist()]
-    percent = [100 * p for p in top.values.tolist()]
-    fig = go.Figure(go.Bar(
-        x=percent, y=names, orientation="h", text=[f"{p:.1f} %" for p in percent], textposition="auto",
-        marker_color=TRAIN_COLOUR, hovertemplate="%{y}: %{x:.1f} %<extra></extra>",
-    ))
-    # Category axis: class names such as "3" would otherwise be placed as numbers.
-    fig.update_yaxes(type="category", autorange="reversed")
-    fig.update_xaxes(title_text="probability (%)", range=[0, 100])
-    fig.update_layout(height=80 + 45 * len(names), margin=dict(l=10, r=10, t=10, b=10), font_size=PLOTLY_FONT)
-    return fig
-
-
 MAX_POINTS = 300  # points per curve sent to the browser, however long the run: the live chart stays cheap
 EMPTY = "No training steps yet"
 

@@ -29,6 +29,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from cnnviz import text
 from cnnviz.data import DatasetInfo, denormalize
 from cnnviz.probe import PoolPair
 
@@ -43,6 +44,7 @@ PAD_PX = 1  # gap between the tiles of a mosaic, in pixels of the tiles
 NUMBERS_UP_TO = 7  # filter_image writes the weights into kernels up to this size
 MAX_KERNEL_PANELS = 8  # filter_image shows this many input channels of a filter at most
 DIVERGING = "RdBu_r"  # red = positive, blue = negative, white = 0
+BAR_COLOUR = "#1f77b4"
 
 
 def feature_grid(
@@ -166,6 +168,36 @@ def channel_bars(mean: Tensor, peak: Tensor, *, highlight: int | None = None, ti
     ax.legend(fontsize=FONT, loc="upper right", ncols=3)
     if title:
         ax.set_title(title, fontsize=TITLE_FONT)
+    return fig
+
+
+def topk_bars(probs: Tensor, class_names: Sequence[str], k: int = 5) -> Figure:
+    """The ``k`` most probable classes of ``probs`` (K,) in [0, 1] as horizontal bars, highest on top, in %.
+
+    A picture, not an interactive chart: thirty browsers drawing a PNG cost a fraction of thirty drawing Plotly.
+    """
+    probs = _as_float(probs, "(K,)", 1)
+    if len(class_names) != len(probs):
+        raise ValueError(f"expected {len(probs)} class names, got {len(class_names)}")
+    if k < 1:
+        raise ValueError(f"expected k >= 1, got {k}")
+    top = probs.topk(min(k, len(probs)))
+    names = [text.mpl(class_names[i]) for i in top.indices.tolist()]
+    percent = [100 * p for p in top.values.tolist()]
+    fig = _figure(4.5, 0.45 + 0.36 * len(names))  # narrow: stretched to its column, the letters grow
+    ax = fig.add_subplot()
+    y = np.arange(len(names))
+    ax.barh(y, percent, color=BAR_COLOUR, height=0.7)
+    for row, p in zip(y, percent):  # inside a long bar in white, after a short one in grey
+        inside = p >= 15
+        ax.text(p - 1 if inside else p + 1, row, f"{p:.1f} %", va="center", ha="right" if inside else "left",
+                color="white" if inside else "#555555", fontsize=FONT)
+    ax.set_yticks(y, names, fontsize=FONT)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("probability (%)", fontsize=FONT)
+    ax.tick_params(axis="x", labelsize=FONT)
+    ax.spines[["top", "right"]].set_visible(False)
     return fig
 
 

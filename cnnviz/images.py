@@ -70,8 +70,10 @@ def load(source: bytes | str | os.PathLike | BinaryIO) -> Image.Image:
     """Read and fully decode an image file into an ``L`` (greyscale sources) or ``RGB`` image.
 
     Applies the EXIF orientation, takes the first frame of an animation, puts transparent pixels on white and
-    stretches 16-bit, 32-bit and float greyscale to 0–255 by the values present. ``info["cnnviz_mode"]`` and
-    ``info["cnnviz_format"]`` keep the file's own mode (e.g. ``"P"``, ``"I;16"``) and format (e.g. ``"PNG"``).
+    stretches 16-bit, 32-bit and float greyscale to 0–255 by the values present. A large JPEG is decoded at a
+    reduced scale that keeps at least :data:`SHOWN_MAX` pixels a side. ``info["cnnviz_mode"]``,
+    ``info["cnnviz_format"]`` and ``info["cnnviz_size"]`` keep the file's own mode (e.g. ``"P"``, ``"I;16"``), format
+    (e.g. ``"PNG"``) and size in pixels (upright).
     Raises :class:`ImageError` for anything unusable: empty, too big, not an image, damaged.
     """
     data = _read(source)
@@ -83,9 +85,16 @@ def load(source: bytes | str | os.PathLike | BinaryIO) -> Image.Image:
             width, height = im.size
             if width * height > MAX_PIXELS:
                 raise ImageError(_too_many_pixels(f"{width}×{height} pixels"))
+            # A JPEG decodes at 1/2, 1/4 or 1/8 scale straight from its DCT blocks (Pillow's draft mode), never
+            # below SHOWN_MAX a side: a phone's 12-megapixel photo decodes ~5× faster, and no view or network
+            # needs more (the largest network input is 224 px, after a 256 px resize).
+            im.draft(im.mode, (SHOWN_MAX, SHOWN_MAX))
             im.load()
             mode, fmt = im.mode, im.format
-            flat = _flatten(ImageOps.exif_transpose(im))
+            upright = ImageOps.exif_transpose(im)
+            if upright.size != im.size:  # turned a quarter by its EXIF orientation
+                width, height = height, width
+            flat = _flatten(upright)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -98,6 +107,7 @@ def load(source: bytes | str | os.PathLike | BinaryIO) -> Image.Image:
         raise ImageError(DAMAGED) from None
     flat.info["cnnviz_mode"] = mode
     flat.info["cnnviz_format"] = fmt
+    flat.info["cnnviz_size"] = (width, height)  # the file's own size, upright, whatever scale it was decoded at
     return flat
 
 
@@ -120,7 +130,8 @@ def prepare(
     if resize not in RESIZE_POLICIES:
         raise ValueError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {resize!r}")
     size = dataset.size
-    steps = [Step(f"Original ({image.width}×{image.height})", _shown(image))]
+    width, height = image.info.get("cnnviz_size", image.size)
+    steps = [Step(f"Original ({width}×{height})", _shown(image))]
 
     if dataset.resize_to and resize == "crop":
         # How ImageNet models are evaluated (torchvision's weights.transforms()): shorter side to resize_to, then

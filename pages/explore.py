@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from cnnviz import charts, explain, figures, gradcam, images, probe
+from cnnviz import explain, figures, gradcam, images, probe
 from cnnviz.text import md, mpl
 from cnnviz.ui import cache, links, state, views, widgets
 from cnnviz.ui.cache import figure_png
@@ -51,8 +51,8 @@ with prep_col:
     st.caption(explain.preprocessing([s.title.split(" (")[0] for s in steps], info.size, info.channels))
     st.subheader("Prediction", anchor=False)
     top = ins.top(info, k=5)
-    st.plotly_chart(charts.topk_bars(ins.probs, info.class_names, k=5), key="explore_topk",
-                    width="stretch")
+    st.image(figure_png(key + ("top5",), lambda: figures.topk_bars(ins.probs, info.class_names, k=5)),
+             width="stretch")
     st.markdown(explain.prediction(top, info.class_names))
 
 st.caption(f"Image: {md(picked.label)}.")

@@ -292,6 +292,23 @@ def test_input_image_undoes_the_normalisation():
     torch.testing.assert_close(image, x[0].float() / 255)
 
 
+def test_topk_bars_lists_the_most_probable_first_in_percent():
+    probs = torch.tensor([0.05, 0.6, 0.1, 0.25])
+    fig = figures.topk_bars(probs, ["0", "1", "2", "3"], k=3)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "3", "2"]
+    assert ax.yaxis_inverted()  # the most probable on top
+    assert [p.get_width() for p in ax.patches] == pytest.approx([60.0, 25.0, 10.0])
+    assert [t.get_text() for t in ax.texts] == ["60.0 %", "25.0 %", "10.0 %"]
+    assert ax.get_xlim() == (0, 100)
+    assert len(figures.topk_bars(probs, list("abcd"), k=10).axes[0].patches) == 4
+    assert figures.to_png(fig).startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="class names"):
+        figures.topk_bars(probs, ["a"])
+    with pytest.raises(ValueError, match="k >= 1"):
+        figures.topk_bars(probs, list("abcd"), k=0)
+
+
 def test_to_png_gives_bytes_pil_can_open_and_refuses_plotly():
     png = figures.to_png(figures.feature_grid(torch.rand(2, 3, 3)))
     assert png.startswith(b"\x89PNG")
@@ -302,21 +319,6 @@ def test_to_png_gives_bytes_pil_can_open_and_refuses_plotly():
 
 
 # plotly charts
-
-def test_topk_bars_lists_the_most_probable_first_in_percent():
-    probs = torch.tensor([0.05, 0.6, 0.1, 0.25])
-    fig = charts.topk_bars(probs, ["0", "1", "2", "3"], k=3)
-    assert isinstance(fig, go.Figure)
-    (bar,) = fig.data
-    assert list(bar.y) == ["1", "3", "2"]
-    assert list(bar.x) == pytest.approx([60.0, 25.0, 10.0])
-    assert list(bar.text) == ["60.0 %", "25.0 %", "10.0 %"]
-    assert fig.layout.yaxis.autorange == "reversed" and fig.layout.yaxis.type == "category"
-    assert tuple(fig.layout.xaxis.range) == (0, 100)
-    assert len(charts.topk_bars(probs, list("abcd"), k=10).data[0].y) == 4
-    with pytest.raises(ValueError, match="class names"):
-        charts.topk_bars(probs, ["a"])
-
 
 def test_confusion_matrix_writes_counts_and_says_them_in_the_hover():
     confusion = torch.tensor([[12, 1], [0, 7]])

@@ -129,6 +129,25 @@ def test_animated_gif_gives_the_first_frame():
     assert im.size == (8, 8) and im.getpixel((4, 4)) in (0, (0, 0, 0))
 
 
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_big_jpeg_decodes_at_a_reduced_scale_and_keeps_its_own_size(orientation):
+    stored = Image.new("RGB", (2400, 1800), (30, 60, 90))
+    stored.paste((250, 250, 250), (0, 0, 600, 450))  # the stored top-left quarter of each side: white
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    im = images.load(encode(stored, "JPEG", exif=exif, quality=90))
+    upright = (2400, 1800) if orientation == 1 else (1800, 2400)
+    # Decoded at 1/2 scale (1/4 would fall below SHOWN_MAX on the short side), upright, the file's size kept.
+    assert im.size == (upright[0] // 2, upright[1] // 2) and min(im.size) >= images.SHOWN_MAX
+    assert im.info["cnnviz_size"] == upright
+    corner = (10, 10) if orientation == 1 else (im.width - 10, 10)  # orientation 6: the stored top-left is top right
+    assert close(im.getpixel(corner), (250, 250, 250), 12)
+    steps = images.prepare(im, RGB32).steps
+    assert steps[0].title == f"Original ({upright[0]}×{upright[1]})" and max(steps[0].image.size) == images.SHOWN_MAX
+    small = encode(Image.new("RGB", (640, 480)), "JPEG")  # under twice SHOWN_MAX a side: decoded whole
+    assert images.load(small).size == (640, 480) == images.load(small).info["cnnviz_size"]
+
+
 @pytest.mark.parametrize("orientation, marked_corner", [(6, "top right"), (8, "bottom left"), (1, "top left")])
 def test_exif_orientation_is_applied(orientation, marked_corner):
     stored = Image.new("L", (40, 20), 0)

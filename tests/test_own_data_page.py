@@ -124,7 +124,7 @@ def own_code():
 def test_every_page_renders_on_the_users_own_model(own_code):
     at = by_link("code")
     assert "Your code: tests.own_model:make" in at.selectbox(key="model_pick").format_func("code")
-    at.session_state["explore_last"] = photo_upload()
+    at.session_state["explore_last_Upload"] = photo_upload()
     at.switch_page("pages/explore.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.session_state["_borrowed"]["code"].info.class_names == ("cat", "dog", "bird", "fish")

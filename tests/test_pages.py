@@ -216,6 +216,19 @@ def test_explore_bad_upload_keeps_last_good_image(raw, words):
     assert at.session_state.model.model_id == model_before
 
 
+def test_explore_switching_to_an_empty_upload_shows_the_uploader_alone_and_switching_back_keeps_the_test_image():
+    at = app("pages/explore.py")
+    test_image = at.session_state["explore_last_Test set"]
+    assert "The network is" in texts(at) and len(at.image) >= 2
+    at.pills(key="explore_source").set_value("Upload").run()
+    assert not at.exception
+    assert "Choose an image on the left" in texts(at) and "The network is" not in texts(at) and len(at.image) == 0
+    at.file_uploader(key="explore_upload").set_value(("good.png", encode(PHOTO, "PNG"), "image/png")).run()
+    assert "your upload good.png" in texts(at) and "The network is" in texts(at)
+    at.pills(key="explore_source").set_value("Test set").run()
+    assert at.session_state["explore_last_Test set"] == test_image and test_image.label in texts(at)
+
+
 def test_explore_huge_upload_refused(monkeypatch):
     from cnnviz import images
 
@@ -257,7 +270,7 @@ def test_explore_cam_controls_change_the_map_as_they_should(monkeypatch):
     monkeypatch.setattr(cache, "cam", lambda *a, **k: shown.append(real(*a, **k)) or shown[-1])
     at = view(app("pages/explore.py"), "Grad-CAM")
     model, info = at.session_state.model.ckpt.model, at.session_state.model.ckpt.info
-    x = inspect(model, info, images.load(at.session_state["explore_last"].data)).x
+    x = inspect(model, info, images.load(at.session_state["explore_last_Test set"].data)).x
 
     def main_map() -> gradcam.CamResult:
         assert not at.exception, [e.value for e in at.exception]

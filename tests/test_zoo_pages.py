@@ -48,7 +48,7 @@ def on(name: str, page: str) -> AppTest:
     """The app on ``page`` with the zoo model ``name`` chosen and a photo picked."""
     at = AppTest.from_file(APP, default_timeout=180).run()
     at.session_state["model_choice"] = name
-    at.session_state["explore_last"] = photo()
+    at.session_state["explore_last_Upload"] = photo()
     at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
