@@ -96,6 +96,51 @@ def test_explore_page_upload_photo_and_bad_file(app_url, tmp_path):
         assert_no_exception(page)
 
 
+@pytest.mark.parametrize("preset, block, parts", [
+    ("mini-resnet", "block3", "x, F(x) and x + F(x)"),
+    ("mini-inception", "inc3", "its branches side by side"),
+])
+def test_a_residual_or_inception_model_loaded_on_the_train_page_shows_its_blocks(app_url, tmp_path, preset, block,
+                                                                                parts):
+    from cnnviz import checkpoint, data, models
+    from cnnviz.train import History
+
+    info = data.info("shapes")
+    spec = models.preset(preset, info.channels, info.size, info.num_classes)
+    saved = checkpoint.save(checkpoint.Checkpoint(models.build(spec, seed=0).eval(), spec, info,
+                                                  History(status="finished")), tmp_path / f"{preset}.pt")
+    convs = sum(1 for row in models.summary(spec) if row.kind == "Conv2d")
+    with browser_page() as page:
+        _goto(page, app_url, "", "cnnviz: see what a convolutional network sees")
+        page.get_by_test_id("stSidebarNav").get_by_text("Train a CNN").click()
+        page.get_by_role("heading", name="Train a CNN").wait_for(timeout=60_000)
+        wait_until_idle(page, 120_000)
+        page.get_by_test_id("stFileUploader").filter(has_text="Load a saved model").locator(
+            'input[type="file"]').set_input_files(str(saved))
+        sidebar = page.get_by_test_id("stSidebar")
+        sidebar.get_by_text("Source: uploaded").wait_for(timeout=120_000)
+        assert f"{convs} conv layers" in sidebar.inner_text()
+        page.get_by_test_id("stSidebarNav").get_by_text("Explore an image").click()
+        page.get_by_role("heading", name="Explore an image").wait_for(timeout=60_000)
+        wait_until_idle(page, 120_000)
+        assert page.get_by_text("The network is").count() == 1
+        # The layer slider's last layers are gap, drop3 and the last block's output: walk there by keyboard.
+        thumb = page.locator(".st-key-explore_map_layer [tabindex=\"0\"]").first  # the slider's thumb
+        for key in ("End", "ArrowLeft", "ArrowLeft"):
+            thumb.focus()
+            page.keyboard.press(key)
+            wait_until_idle(page)
+        page.get_by_role("heading", name=f"Inside {block}: {parts}").wait_for(timeout=60_000)
+        wait_until_idle(page)
+        assert page.locator('[data-testid="stImage"] img').count() >= 5 + (3 if preset == "mini-resnet" else 4)
+        assert_no_exception(page)
+        for view in ("Pooling", "Grad-CAM", "Filters"):
+            page.locator('[data-testid="stButtonGroup"]').get_by_role("radio", name=view, exact=True).click()
+            wait_until_idle(page)
+            page.get_by_text(EXPLAINED[view]).first.wait_for(timeout=60_000)
+            assert_no_exception(page)
+
+
 def test_lesson_link_opens_the_lesson_in_presenter_mode(app_url):
     with browser_page() as page:
         _goto(page, app_url, "lessons?lesson=deeper&step=1&presenter=1", "What excites the first layer")
