@@ -5,6 +5,7 @@ run exit with status 1. A full run rewrites its sections' parts of ``docs/benchm
 
 - ``train-shapes``  ``cnnviz train --dataset shapes`` in a fresh process: accuracy, wall time, images/s, peak RSS
 - ``train-mnist``   the same on MNIST
+- ``train-presets`` the same on shapes for mini-vgg, mini-resnet and mini-inception: accuracy and training seconds
 - ``mnist-to-99``   training time to 99 % test accuracy: cnnviz's default against PyTorch's examples/mnist recipe
 - ``probe``         ``probe.run`` + ``gradcam.compute`` on one image: the shipped model and a ResNet-18
 - ``gradcam-libs``  Grad-CAM of a ResNet-18 against pytorch-grad-cam and TorchCAM: agreement and time per map

@@ -20,6 +20,7 @@ from benchmarks.common import Options, resolve_device
 SECTIONS = {
     "train-shapes": training.train_shapes,
     "train-mnist": training.train_mnist,
+    "train-presets": training.train_presets,
     "mnist-to-99": recipe.mnist_to_99,
     "probe": inference.probe,
     "gradcam-libs": libraries.gradcam_libs,

@@ -54,6 +54,26 @@ def train_mnist(options: Options) -> list[Row]:
     return _cli_rows(result, child, 99.0, 20, options)
 
 
+GRAPH_PRESETS = ("mini-vgg", "mini-resnet", "mini-inception")  # issue 13: each trains on shapes in about a minute
+
+
+def train_presets(options: Options) -> list[Row]:
+    """``cnnviz train --dataset shapes --preset P --json`` for the VGG, ResNet and Inception presets, each in a fresh
+    process with the dataset's other defaults: test accuracy and seconds of training (issue 13: about a minute)."""
+    rows = []
+    for preset in GRAPH_PRESETS:
+        result, child = _cli_train("shapes", options, "--preset", preset)
+        full = not options.quick
+        rows += [
+            Row(f"{preset}: test accuracy", 100 * result["test_accuracy"], "%", at_least(97), checked=full,
+                note="" if full else "(quick: --epochs 1)"),
+            Row(f"{preset}: training seconds", result["train_seconds"], "s", at_most(60), checked=full,
+                note=f"{result['steps']} steps, {result['images_per_s']:,.0f} img/s; wall {child.seconds:.1f} s "
+                     f"with imports and data"),
+        ]
+    return rows
+
+
 def app_train(options: Options) -> list[Row]:
     """The Train page's job (a training process, polled each second by the page) vs ``train.fit`` directly."""
     from cnnviz import data, models, train
