@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from cnnviz import text
-from cnnviz.figures import _as_float, _describe
+from cnnviz.figures import _describe
 from cnnviz.train import History
 
 PLOTLY_FONT = 14

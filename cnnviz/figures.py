@@ -44,7 +44,7 @@ PAD_PX = 1  # gap between the tiles of a mosaic, in pixels of the tiles
 NUMBERS_UP_TO = 7  # filter_image writes the weights into kernels up to this size
 MAX_KERNEL_PANELS = 8  # filter_image shows this many input channels of a filter at most
 DIVERGING = "RdBu_r"  # red = positive, blue = negative, white = 0
-BAR_COLOUR = "#1f77b4"
+BAR_COLOUR = "#1f77b4"  # the bars of channel_bars (mean) and topk_bars
 
 
 def feature_grid(
@@ -158,7 +158,7 @@ def channel_bars(mean: Tensor, peak: Tensor, *, highlight: int | None = None, ti
     ax = fig.add_subplot()
     x = np.arange(c)
     ax.bar(x, peak.numpy(), width=1.0 if c > 64 else 0.8, color="#9ecae1", label="max")
-    ax.bar(x, mean.numpy(), width=1.0 if c > 64 else 0.8, color="#1f77b4", label="mean")
+    ax.bar(x, mean.numpy(), width=1.0 if c > 64 else 0.8, color=BAR_COLOUR, label="mean")
     if highlight is not None:
         _check_index(highlight, c, "highlight")
         ax.axvline(highlight, color="red", linewidth=1.5, label=f"#{highlight}")
