@@ -95,10 +95,16 @@ def browser_page(width: int = 1400, height: int = 1000):
 
 
 def wait_until_idle(page, timeout: float = 60_000) -> None:
-    """Wait until Streamlit has finished running the script (its status widget disappears)."""
+    """Wait until Streamlit has finished running the script.
+
+    The app root carries the script's run state (``data-test-script-state``, as Streamlit's own end-to-end tests read
+    it); the status widget alone shows a run only after a delay, so a slow machine could look idle before a rerun began.
+    """
     page.wait_for_timeout(300)
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+        "() => { const app = document.querySelector('[data-testid=\"stApp\"]');"
+        " return app && app.getAttribute('data-test-script-state') === 'notRunning'"
+        " && !document.querySelector('[data-testid=\"stStatusWidget\"]'); }", timeout=timeout)
 
 
 def assert_no_exception(page) -> None:
