@@ -1,7 +1,8 @@
 """Figures of a network dissection: what kind of concept each layer detects, and where one unit fires.
 
 The per-layer bars are a plotly chart like those of :mod:`cnnviz.charts` (a page can let a student choose a bar);
-a unit's top images are a static matplotlib picture like those of :mod:`cnnviz.figures`.
+:func:`hierarchy_chart` draws the same bars as one static picture (trained beside untrained, by either rule) for a
+lesson and for the README; a unit's top images are a static matplotlib picture like those of :mod:`cnnviz.figures`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,39 @@ def layer_bars(dissection: Dissection, *, rule: bool = True) -> go.Figure:
     fig.update_yaxes(title_text="units (%)", range=[0, 100])
     fig.update_layout(barmode="stack", height=420, font_size=PLOTLY_FONT, margin=dict(l=10, r=10, t=40, b=10),
                       title=dict(text=how, font_size=PLOTLY_FONT), legend_traceorder="normal")
+    return fig
+
+
+def hierarchy_chart(trained: Dissection, control: Dissection) -> Figure:
+    """The share of each layer's units (%) in each category, stacked, input to output: ``trained`` (left) beside
+    ``control`` (right; the same architecture untrained), counted at the paper's rule (top row: detectors only, the
+    rest "none") and by each unit's best concept whatever its IoU (bottom row)."""
+    rows = ((True, f"detectors (IoU ≥ {trained.iou_threshold:g})"), (False, "each unit's best concept"))
+    fig = _figure(11, 7.2)
+    axes = fig.subplots(2, 2, sharey=True, squeeze=False)
+    for r, (rule, how) in enumerate(rows):
+        for c, (d, who) in enumerate(((trained, "trained"), (control, "untrained control"))):
+            ax = axes[r][c]
+            names = [layer.name for layer in d.layers]
+            counts = [layer.counts(rule=rule) for layer in d.layers]
+            bottom = np.zeros(len(names))
+            for category in (*parts.CATEGORIES, NONE):
+                share = np.array([100 * n[category] / max(1, sum(n.values())) for n in counts])
+                ax.bar(range(len(names)), share, bottom=bottom, color=CATEGORY_COLOURS[category], label=category,
+                       width=0.7)
+                bottom += share
+            ax.set_xticks(range(len(names)), [text.mpl(n) for n in names], fontsize=FONT)
+            ax.set_ylim(0, 100)
+            ax.set_title(f"{who}: {how}", fontsize=FONT + 1)
+            if c == 0:
+                ax.set_ylabel("units (%)", fontsize=FONT)
+            if r == 1:
+                ax.set_xlabel("layer (input → output)", fontsize=FONT)
+            ax.tick_params(labelsize=FONT)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=FONT, title="kind of concept",
+               title_fontsize=FONT)
+    fig.suptitle("What each layer detects, measured by network dissection", fontsize=TITLE_FONT)
     return fig
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 # The views a lesson step can show; the Lessons page draws each one.
 VIEWS = ("filters", "feature_maps", "top_patches", "pooling", "receptive", "maximize", "overview", "gradcam",
-         "pointing", "evolution", "train_link")
+         "pointing", "evolution", "train_link", "dissection", "dissection_units")
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,32 @@ LESSONS: tuple[Lesson, ...] = (
                     "(the 'pointing game'), and compare with always pointing at the centre of the image. The "
                     "numbers below are measured right now on your model.",
                     "pointing"),
+           )),
+    Lesson("hierarchy", "Edges → textures → parts → objects, measured on your model", 8,
+           "Measure what kind of feature each layer of a model you train detects, next to the same network untrained.",
+           (
+               Step("A dataset built from parts",
+                    "The parts dataset draws ten objects (a face, a house, a car, a flower…) from shared parts (eyes, "
+                    "wheels, windows, stems) on textured backgrounds, and keeps a mask of every colour, texture, part "
+                    "and object in every scene. Open the Train page set up for it (the button does that) and press "
+                    "Train. Then come back here.",
+                    "train_link", {"train_dataset": "parts"}),
+               Step("What each layer fires on",
+                    "The test patches that excite each layer's busiest channel most, first layer at the top. Judge "
+                    "by eye first: which rows look like colours, which like textures, which like parts or whole "
+                    "objects? The next step measures it.",
+                    "overview"),
+               Step("Count what each layer detects",
+                    "Network dissection compares where each unit fires most with the masks of every concept, and "
+                    "calls a unit a detector of the concept it overlaps best. Each bar is one layer, split by the kind "
+                    "of concept its units detect; on the right, the same architecture with random weights. Does the "
+                    "share of part and object units grow from the first layer to the last? And without training?",
+                    "dissection"),
+               Step("Meet the detectors",
+                    "A unit of the last layer and the scenes it fires on most; outside the region where it fires, "
+                    "the scene is dimmed. Is the region on the concept the unit is counted for? Choose another layer "
+                    "or kind of concept and compare.",
+                    "dissection_units"),
            )),
     Lesson("overfitting", "Overfitting: train on 200 images", 6,
            "See a model memorise a small training set and fail on new images.", (

@@ -210,16 +210,14 @@ else:
     if not lv.inception_blocks(model):
         st.info("This needs a model with Inception blocks, and yours has none. Train a mini-inception on shapes "
                 "(about a minute), then come back.", icon=":material/info:")
-        st.page_link("pages/train.py", label="Open the Train page with the mini-inception preset",
-                     icon=":material/model_training:",
-                     query_params={"train_preset": "mini-inception", "train_dataset": "shapes"})
+        links.open_train("Open the Train page with the mini-inception preset on shapes",
+                         {"train_dataset": "shapes", "train_preset": "mini-inception"}, key="inc_train_none")
     elif info.name != "shapes":
         st.info(f"The object sizes are measured on the shapes dataset (its images come with object masks); this "
                 f"model was trained on {md(info.title)}. Train a mini-inception on shapes to measure it.",
                 icon=":material/info:")
-        st.page_link("pages/train.py", label="Open the Train page with the mini-inception preset",
-                     icon=":material/model_training:",
-                     query_params={"train_preset": "mini-inception", "train_dataset": "shapes"})
+        links.open_train("Open the Train page with the mini-inception preset on shapes",
+                         {"train_dataset": "shapes", "train_preset": "mini-inception"}, key="inc_train_other")
     else:
         block = st.selectbox("Inception block", blocks, key="inc_block")
         table = lv.branch_response(sm, block)

@@ -2,8 +2,21 @@
 
 import streamlit as st
 
-from cnnviz import lessons
-from cnnviz.ui import links, state, views
+from cnnviz import data, lessons
+from cnnviz.ui import dissection, links, state, views
+
+
+def _train_label(p: dict) -> str:
+    """The set-up button's words, from what it sets: "Open the Train page on Parts with 200 training images…"."""
+    words = ["Open the Train page"]
+    if "train_dataset" in p:
+        words.append(f"on {data.info(p['train_dataset']).title}")
+    setting = [f"{p['train_size']} training images" if "train_size" in p else "",
+               f"{p['train_epochs']} epochs" if "train_epochs" in p else ""]
+    if any(setting):
+        words.append("with " + " and ".join(x for x in setting if x))
+    return " ".join(words)
+
 
 sm = state.current()
 ids = [x.id for x in lessons.LESSONS]
@@ -63,9 +76,13 @@ elif step.view == "pointing":
 elif step.view == "evolution":
     views.evolution(sm, key="lesson_frame")
 elif step.view == "train_link":
-    st.page_link("pages/train.py", label=f"Open the Train page with {p['train_size']} training images and "
-                                         f"{p['train_epochs']} epochs", icon=":material/model_training:",
-                 query_params={"train_size": p["train_size"], "train_epochs": p["train_epochs"]})
+    links.open_train(_train_label(p), p, key=f"lesson_train_{i}")
+elif step.view in ("dissection", "dissection_units"):
+    found = dissection.measured(sm, button_key="lesson_dissect_go")
+    if found is not None and step.view == "dissection":
+        dissection.chart(sm, *found)
+    elif found is not None:
+        dissection.units(found[0], rule=False, chosen=None, model_id=sm.model_id)
 
 nav = st.columns([1, 1, 4])
 if nav[0].button("Back", icon=":material/arrow_back:", disabled=i == 0, key="lesson_back"):

@@ -6,7 +6,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from cnnviz import charts, data, diagram, figures, gradients, models, parts, runs, train
+from cnnviz import charts, data, diagram, figures, gradients, models, runs, train
 from cnnviz.data import DatasetError
 from cnnviz.text import md
 from cnnviz.ui import jobs, links, owndata, state, widgets
@@ -19,10 +19,14 @@ st.caption("Pick a dataset and an architecture, press **Train**, and watch the n
 # --- 1. Data -----------------------------------------------------------------------------------------------------
 st.header("1 · Data", divider="gray", anchor=False)
 SHARED = links.TRAIN
+fresh = "train_dataset" not in st.session_state
 links.restore(SHARED)
 YOURS = "yours"
 names = [*data.DATASETS, YOURS]
 links.valid("train_dataset", names)
+if fresh and st.session_state.get("train_dataset") in data.DATASETS:  # a link named a dataset: start from its
+    for key, value in links.dataset_defaults(st.session_state.train_dataset).items():  # settings, but the link's own
+        st.session_state.setdefault(key, value)  # values win
 
 
 def _dataset_defaults() -> None:
@@ -31,12 +35,7 @@ def _dataset_defaults() -> None:
     name = st.session_state.train_dataset
     st.session_state.pop("_own_defaults_for", None)
     if name != YOURS:
-        st.session_state.train_augment = False
-        chosen = data.DATASETS[name]
-        st.session_state.train_preset, st.session_state.train_epochs = chosen.preset, chosen.epochs
-        # parts learns in its two epochs with smaller batches and a higher rate (cnnviz.parts: measured there)
-        batch, lr = (parts.BATCH_SIZE, parts.LR) if name == "parts" else (128, 0.005)
-        st.session_state.train_batch, st.session_state.train_lr = batch, lr
+        st.session_state.update(links.dataset_defaults(name))
 
 
 def _own_defaults(own_info: data.DatasetInfo) -> None:

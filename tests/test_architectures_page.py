@@ -241,8 +241,10 @@ def test_the_vgg_lesson_counts_the_models_own_layers():
 def test_the_inception_lesson_needs_inception_blocks_and_links_to_the_train_page():
     at = view(open_page(), "Inception")
     assert "needs a model with Inception blocks" in texts(at)
-    link = at.get("page_link")[-1]
-    assert "mini-inception" in link.proto.label
+    at.button(key="inc_train_none").click().run()
+    assert at.title[0].value == "Train a CNN"
+    assert at.radio(key="train_preset").value == "mini-inception"
+    assert at.selectbox(key="train_dataset").value == "shapes"
 
 
 def test_the_inception_lesson_measures_a_mini_inception():

@@ -64,3 +64,50 @@ def test_a_default_dissection_stays_in_its_cache_and_is_computed_once(monkeypatc
     first = cache.dissection(model, "test-cache-once", False, dissect.IMAGES, lambda f: None)
     again = cache.dissection(model, "test-cache-once", False, dissect.IMAGES, lambda f: None)
     assert first is again is found and calls == [1]
+
+
+def test_the_hierarchy_lesson_dissects_a_parts_model_and_shows_its_units(monkeypatch):
+    """The lesson's measured step: one chart of both dissections, the measured sentences, then the units."""
+    monkeypatch.setattr(dissection, "IMAGES", 60)
+    info = data.info("parts")
+    model = models.build(models.preset("parts", info.channels, info.size, info.num_classes), seed=0).eval()
+    sm = state.SessionModel(model, info, "test-parts-lesson", "built in a test")
+
+    def step(i: int, **values) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=300)
+        at.session_state["model"] = sm
+        at.session_state["lesson"], at.session_state["step"] = "hierarchy", i
+        for key, value in values.items():
+            at.session_state[key] = value
+        at.switch_page("pages/lessons.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    at = step(2)
+    assert at.title[0].value == "Count what each layer detects"
+    assert "lesson_dissect_go" in [b.key for b in at.button] and not at.image  # nothing runs until asked
+    at = step(2, **{f"dissected_{sm.model_id}": True})
+    trained = dissect.dissect(model, images=60)
+    control = dissect.dissect(dissect.untrained(model, seed=dissection.CONTROL_SEED), images=60)
+    captions = " ".join(c.value for c in at.caption)
+    for sentence in (dissection.trend(trained, True), dissection.trend(trained, False),
+                     dissection.trend(control, True), dissection.trend(control, False)):
+        assert sentence in captions
+    assert len(at.image) >= 1 and not at.get("plotly_chart")  # one static chart: light for a class's browsers
+    at = step(3, **{f"dissected_{sm.model_id}": True})
+    assert at.title[0].value == "Meet the detectors"
+    assert at.selectbox(key="dissect_layer").value == trained.names[-1]
+    shown = len(trained.layer(trained.names[-1]).units_in("object", rule=False))
+    assert len(at.image) == min(6, shown) or "No unit of" in " ".join(i.value for i in at.info)
+
+
+def test_the_control_note_is_said_only_when_the_control_detects_colours():
+    info = data.info("parts")
+    model = models.build(models.preset("parts", info.channels, info.size, info.num_classes), seed=0).eval()
+    control = dissect.dissect(dissect.untrained(model, seed=dissection.CONTROL_SEED), images=60)
+    n = control.layers[0].counts(rule=True)["colour"]
+    note = dissection.control_note(control)
+    assert (f"{n} of the {len(control.layers[0].units)} units" in note) if n else note == ""
+    for unit in control.layers[0].units:
+        unit.detector = False  # no detector left: nothing to say
+    assert dissection.control_note(control) == ""

@@ -160,3 +160,36 @@ def test_pages_work_when_maps_shrink_to_one_cell(page):
     _use_model(at, spec, info)
     at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]
+
+
+def test_a_set_up_button_opens_the_train_page_set_up_even_after_the_student_chose_otherwise():
+    """A lesson's or a page's "Open the Train page with …" sets the page up although the student's own choices on it
+    are kept in the session (a link's query parameters only seed widgets that have no value yet)."""
+    at = app("pages/train.py")
+    at.radio(key="train_preset").set_value("tiny").run()
+    at.switch_page("pages/lessons.py").run()
+    at.button(key="start_hierarchy").click().run()
+    at.button(key="lesson_train_0").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Train a CNN"  # the button switched page
+    from cnnviz import data, parts
+
+    assert at.selectbox(key="train_dataset").value == "parts"
+    assert at.radio(key="train_preset").value == data.DATASETS["parts"].preset  # the dataset's own defaults
+    assert at.number_input(key="train_epochs").value == data.DATASETS["parts"].epochs
+    assert at.session_state.train_lr == parts.LR
+
+
+def test_a_link_to_a_dataset_brings_its_defaults_unless_the_link_sets_them():
+    from streamlit.testing.v1 import AppTest
+
+    from cnnviz import data
+    from test_pages import APP
+
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params.update({"train_dataset": "parts", "train_epochs": "3"})
+    at.run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    assert at.radio(key="train_preset").value == data.DATASETS["parts"].preset
+    assert at.number_input(key="train_epochs").value == 3  # the link's own value wins

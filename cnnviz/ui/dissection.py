@@ -9,8 +9,8 @@ weights gets the first one's result.
 from __future__ import annotations
 
 import streamlit as st
-from cnnviz import dissect, dissect_figures, parts
-from cnnviz.ui import cache
+from cnnviz import dissect, dissect_figures, parts, text
+from cnnviz.ui import cache, links
 from cnnviz.ui.cache import figure_png
 from cnnviz.ui.state import SessionModel
 
@@ -28,40 +28,73 @@ def trend(d: dissect.Dissection, rule: bool) -> str:
     """One sentence on the climb from the first conv layer to the last, computed from ``d``."""
     first, last = d.layers[0], d.layers[-1]
     low, high = ("colour", "texture"), ("part", "object")
-    return (f"{first.name}: {_share(first, low, rule):.0f} % colour or texture units and "
-            f"{_share(first, high, rule):.0f} % part or object units; {last.name}: "
+    return (f"{text.md(first.name)}: {_share(first, low, rule):.0f} % colour or texture units and "
+            f"{_share(first, high, rule):.0f} % part or object units; {text.md(last.name)}: "
             f"{_share(last, low, rule):.0f} % and {_share(last, high, rule):.0f} %.")
 
 
-def section(sm: SessionModel) -> None:
-    """Dissect the session's model when it was trained on parts; otherwise say how to get such a model."""
-    st.markdown(
-        "Network dissection (Bau et al., 2017) measures what each unit detects. Every scene of the **parts** dataset "
-        "comes with a mask of each colour, texture, part (an eye, a wheel, a roof) and object. A unit's region is "
-        "where it fires most (its top 0.5 % of activations); it *detects* a concept when that region overlaps the "
-        f"concept's masks with an IoU of at least {dissect.IOU_THRESHOLD:g}. Counting each layer's detectors shows "
-        "whether features climb from colours and textures to parts and objects.")
+INTRO = (
+    "Network dissection (Bau et al., 2017) measures what each unit detects. Every scene of the **parts** dataset "
+    "comes with a mask of each colour, texture, part (an eye, a wheel, a roof) and object. A unit's region is "
+    "where it fires most (its top 0.5 % of activations); it *detects* a concept when that region overlaps the "
+    f"concept's masks with an IoU of at least {dissect.IOU_THRESHOLD:g}. Counting each layer's detectors shows "
+    "whether features climb from colours and textures to parts and objects.")
+
+
+def measured(sm: SessionModel, button_key: str = "dissect_go") -> tuple[dissect.Dissection, dissect.Dissection] | None:
+    """The dissection of the session's model and of its untrained control, once the student asked for it (a button,
+    then a progress bar); ``None`` while it has not been asked for, or when the model was not trained on parts (then
+    it says how to get one)."""
     if sm.info.name != "parts":
         st.info("This needs a model trained on the **parts** dataset, whose pictures carry those masks. Train one "
                 "(about a minute), then come back here.", icon=":material/info:")
-        st.page_link("pages/train.py", label="Train on parts", icon=":material/model_training:",
-                     query_params={"train_dataset": "parts"})
-        return
+        links.open_train("Train on parts", {"train_dataset": "parts"}, key=f"{button_key}_train")
+        return None
     key = f"dissected_{sm.model_id}"
     if not st.session_state.get(key):
         st.caption(f"It runs {len(dissect.conv_layers(sm.model))} conv layers over {IMAGES:,} scenes, twice: this "
                    f"model and the same architecture untrained. About a minute on a small server.")
-        if not st.button("Dissect this model", icon=":material/biotech:", key="dissect_go"):
-            return
+        if not st.button("Dissect this model", icon=":material/biotech:", key=button_key):
+            return None
         st.session_state[key] = True
     bar = st.progress(0.0, text="Dissecting your model…")
     if cache.dissecting.locked():
         bar.progress(0.0, text="Another student's dissection is running; yours starts when it ends…")
     trained = cache.dissection(sm.model, sm.model_id, False, IMAGES,
-                          lambda f: bar.progress(min(1.0, f / 2), text="Dissecting your model…"))
+                               lambda f: bar.progress(min(1.0, f / 2), text="Dissecting your model…"))
     control = cache.dissection(sm.model, sm.model_id, True, IMAGES,
-                          lambda f: bar.progress(min(1.0, 0.5 + f / 2), text="Dissecting the untrained control…"))
+                               lambda f: bar.progress(min(1.0, 0.5 + f / 2), text="Dissecting the untrained control…"))
     bar.empty()
+    return trained, control
+
+
+def chart(sm: SessionModel, trained: dissect.Dissection, control: dissect.Dissection) -> None:
+    """Both dissections as one static chart (both rules), with the measured sentences under it: a lesson's view."""
+    st.image(figure_png(("dissect_chart", sm.model_id, IMAGES),
+                        lambda: dissect_figures.hierarchy_chart(trained, control)), width="stretch")
+    st.caption(f"**Your model**, detectors: {trend(trained, True)} By best concept: {trend(trained, False)}")
+    st.caption(f"**Untrained control**, detectors: {trend(control, True)} By best concept: {trend(control, False)}"
+               + control_note(control))
+    st.caption(f"{len(trained.scenes):,} scenes; dissecting both took {trained.seconds + control.seconds:.0f} s.")
+
+
+def control_note(control: dissect.Dissection) -> str:
+    """What the untrained control's first layer already detects, when it detects colours at the paper's rule."""
+    first = control.layers[0]
+    n = first.counts(rule=True)["colour"]
+    if not n:
+        return ""
+    return (f" Even untrained, {n} of the {len(first.units)} units of {text.md(first.name)} detect a colour: a colour "
+            "detector needs no learning.")
+
+
+def section(sm: SessionModel) -> None:
+    """Dissect the session's model when it was trained on parts; otherwise say how to get such a model."""
+    st.markdown(INTRO)
+    found = measured(sm)
+    if found is None:
+        return
+    trained, control = found
 
     rule = not st.toggle("Count each unit's best concept, whatever its IoU", key="dissect_soft",
                          help="The paper's rule counts only units whose IoU reaches the threshold. Each unit's best "
@@ -75,11 +108,10 @@ def section(sm: SessionModel) -> None:
     with right:
         st.subheader("The same architecture, untrained", anchor=False)
         st.plotly_chart(dissect_figures.layer_bars(control, rule=rule), key="dissect_control", width="stretch")
-        st.caption(trend(control, rule) + " Random first-layer filters already respond to colours: a colour "
-                   "detector needs no learning, a part or object detector does.")
+        st.caption(trend(control, rule) + control_note(control))
     st.caption(f"{len(trained.scenes):,} scenes; dissecting both took {trained.seconds + control.seconds:.0f} s.")
 
-    _units(trained, rule, _chosen(event), sm.model_id)
+    units(trained, rule, _chosen(event), sm.model_id)
 
 
 def _chosen(event) -> tuple[str, str] | None:
@@ -92,7 +124,7 @@ def _chosen(event) -> tuple[str, str] | None:
     return None
 
 
-def _units(d: dissect.Dissection, rule: bool, chosen: tuple[str, str] | None, model_id: str) -> None:
+def units(d: dissect.Dissection, rule: bool, chosen: tuple[str, str] | None, model_id: str) -> None:
     """The units of one layer and category (the bar clicked, or chosen here), each with the scenes it fires on."""
     st.subheader("The units behind a bar", anchor=False)
     st.caption("Click a bar above, or choose a layer and a kind of concept. Each picture is one of the scenes the "

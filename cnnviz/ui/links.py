@@ -18,7 +18,7 @@ from typing import Callable
 
 import streamlit as st
 
-from cnnviz import data, gradcam, images, lessons, models, train
+from cnnviz import data, gradcam, images, lessons, models, parts, train
 
 MAX_TEXT = 64  # longer than any value a link carries (layer, class, option names); longer ones are dropped unread
 MAX_INDEX = 4096  # above any channel count or map side the app builds or loads; pages check the real size
@@ -183,6 +183,28 @@ CONVOLUTION = _page("conv_layer", "conv_channel", "conv_row", "conv_col", "pool_
 HIERARCHY = _page("hier_layer")
 # Widget values kept when the user goes to another page and back.
 KEPT = (*TRAIN, *EXPLORE, *CONVOLUTION, *HIERARCHY, "explore_source", "explore_class")
+
+
+def dataset_defaults(name: str) -> dict[str, object]:
+    """The Train page's settings a dataset of ours starts from: its recommended architecture and epochs, no
+    augmentation, and batch size and learning rate (parts learns in its two epochs with smaller batches and a higher
+    rate: measured in :mod:`cnnviz.parts`)."""
+    chosen = data.DATASETS[name]
+    batch, lr = (parts.BATCH_SIZE, parts.LR) if name == "parts" else (128, 0.005)
+    return {"train_preset": chosen.preset, "train_epochs": chosen.epochs, "train_augment": False,
+            "train_batch": batch, "train_lr": lr}
+
+
+def open_train(label: str, values: dict[str, object], key: str) -> None:
+    """A button that opens the Train page set up with ``values`` (``train_*`` widget keys; a ``train_dataset`` brings
+    its :func:`dataset_defaults` first), whatever the student chose there before. A link's query parameters could not
+    do that: :func:`restore` only seeds widgets that have no value yet, and the session keeps the student's."""
+    if st.button(label, key=key, icon=":material/model_training:"):
+        if values.get("train_dataset") in data.DATASETS:
+            st.session_state.update(dataset_defaults(values["train_dataset"]))
+            st.session_state.pop("_own_defaults_for", None)
+        st.session_state.update(values)
+        st.switch_page("pages/train.py")
 
 
 def keep() -> None:
