@@ -10,7 +10,8 @@ step, so a sampled call copies the weights and the next call compares; the other
 :func:`residual_lesson` trains a deep plain network and the same network with skip connections on the same data and
 measures their gradients layer by layer and their test accuracy (He et al. 2016, "Deep Residual Learning for Image
 Recognition"). Without batch norm, the plain network's first layers starve: on the tests' 10-conv nets the first
-conv gets 0.0025 of the last conv's gradient, against 1.2 with skips. With batch norm after every convolution,
+conv gets 0.0025 of the last conv's gradient, against 1.2 with skips; plain-20 and resnet-20 without it, 4e-8 against
+0.89 (160 steps), and only the residual one learns (11.6 against 29.6 %). With batch norm after every convolution,
 gradients stay healthy in both, as He et al. report (plain-20 and resnet-20 on 5,000 shapes, 300 steps: 4.5× and
 4.3×), and what the skips buy is accuracy (95.4 against 98.0 % on 500 test images). The lesson shows what it measures.
 """

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from functools import partial
 from typing import Callable, ClassVar, NamedTuple
 
@@ -84,8 +84,11 @@ class ResidualBlock:
     """ReLU(x + F(x)) → (pool) → (dropout), where F is 3×3 conv → batchnorm → ReLU → 3×3 conv → batchnorm (He et al.
     2016, "Deep Residual Learning for Image Recognition"). The shortcut carries x unchanged (identity) when the block
     keeps the channels and the maps' size; otherwise a 1×1 conv with the block's stride and a batchnorm make x the
-    shape of F(x) (a projection, the paper's option B). Without ``batchnorm`` the convs have biases instead: a plain
-    net and a residual one without normalisation show how differently the gradient reaches their first layers."""
+    shape of F(x) (a projection, the paper's option B). Without ``batchnorm`` the convs have biases instead, and the
+    second conv starts at zero, so that each block starts as ReLU(x) and a deep stack of them passes its input and
+    its gradient through (the initialisation of Fixup, Zhang et al. 2019; torchvision's ``zero_init_residual`` does
+    the same through the last batchnorm). A plain net and a residual one without normalisation show how differently
+    the gradient reaches their first layers."""
 
     type: ClassVar[str] = "residual"
     channels: int
@@ -376,6 +379,9 @@ class Residual(nn.Module):
                                                                     if batchnorm else [])))
         self.add = Add()
         self.relu = nn.ReLU()
+        if not batchnorm:  # nothing rescales F(x): start each block as the identity (see ResidualBlock)
+            nn.init.zeros_(self.conv2.weight)
+            nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         fx = self.conv1(x)
@@ -419,9 +425,9 @@ def _plain_and_residual(residual: bool) -> list[Block]:
     """A stem (3×3 conv, 2×2 max pool) and three stages of three two-conv units at 8/16/32 channels (the second and
     third halve the maps): 19 convolutions and the classifier, the CIFAR ResNet-20 of He et al. (2016) at half its
     width, with a pooled stem so that it trains in about a minute on a CPU. Plain: the same convolutions without the
-    shortcuts. Both with batchnorm, as in the paper's comparison. (Measured on shapes: without batchnorm the plain
-    net's first layers get gradients ~1e-9 of their weights' size at the start and it stays at chance, while the
-    residual one gets ~1e-3 in every layer but reaches only ~40 % in two epochs.)"""
+    shortcuts. Both with batchnorm, as in the paper's comparison. (Measured on 5,000 shapes images, 160 steps of 64:
+    with :func:`without_batchnorm` the plain net's first conv gets 4e-8 of its last conv's gradient and it stays at
+    chance, 11.6 %, while the residual one's gets 0.89 and it reaches 29.6 %: the residual lesson's second choice.)"""
     blocks: list[Block] = [ConvBlock(8, batchnorm=True)]
     for stage, channels in enumerate((8, 16, 32)):
         for unit in range(3):
@@ -510,6 +516,11 @@ PRESETS: dict[str, dict] = {
         global_pool=True,
     ),
 }
+
+
+def without_batchnorm(spec: ModelSpec) -> ModelSpec:
+    """``spec`` with no batchnorm in its conv and residual blocks (Inception blocks always normalise)."""
+    return replace(spec, blocks=[replace(b, batchnorm=False) if hasattr(b, "batchnorm") else b for b in spec.blocks])
 
 
 def preset(name: str, in_channels: int, image_size: int, num_classes: int) -> ModelSpec:

@@ -55,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     min_steps: int = 300
     max_steps: int | None = None  # hard cap, for quick demos and tests
+    stop_when_stuck: bool = True  # end a run still at chance past the warm-up (a lesson comparing two runs keeps on)
 
     def total_steps(self, n_train: int) -> int:
         steps = max(self.epochs * math.ceil(n_train / self.batch_size), self.min_steps)
@@ -241,7 +242,7 @@ def fit(
                     on_step(record)
                 if step >= total:
                     history.status = "finished"
-                elif step >= stuck_from and (reason := _stuck(history.steps, info.num_classes, config)):
+                elif config.stop_when_stuck and step >= stuck_from and (reason := _stuck(history.steps, info.num_classes, config)):
                     history.status, history.reason = "stuck", reason
                 elif stop is not None and stop.is_set():
                     history.status, history.reason = "stopped", f"stopped by request at step {step} of {total}"

@@ -134,21 +134,27 @@ elif view == "Residual connections":
                 f"adds a shortcut around every two of them, so each block learns what to *add* to its input. Both "
                 f"are trained here on the same images for {lv.RESIDUAL_STEPS} steps, and we measure how much "
                 f"gradient each layer gets and how well each net does.")
-    show = lv.residual_ready() or st.session_state.get("res_asked", False)
+    bn_choice = st.segmented_control(
+        "Batch norm after every convolution", ["with", "without"], key="res_bn", default="with",
+        help="Batch norm rescales each layer's output, which also keeps the gradient in range. Without it, nothing "
+             "but the shortcuts carries the gradient back to the first layers. Each choice is trained once per "
+             "server.")
+    batchnorm = bn_choice != "without"
+    show = lv.residual_ready(batchnorm) or st.session_state.get(f"res_asked_{batchnorm}", False)
     if not show:
         ask = st.empty()
         with ask.container():
             st.caption(f"Training two {lv.depth(plain)}-layer networks takes up to a minute on this server. It is "
                        "done once for everyone: when your class has trained them, the result opens at once.")
-            if st.button(f"Train {plain} and {residual}", icon=":material/play_arrow:", key="res_go",
-                         type="primary"):
-                st.session_state.res_asked = show = True
+            if st.button(f"Train {plain} and {residual}" + ("" if batchnorm else " without batch norm"),
+                         icon=":material/play_arrow:", key="res_go", type="primary"):
+                st.session_state[f"res_asked_{batchnorm}"] = show = True
         if show:
             ask.empty()
     if show:
         with st.spinner(f"Training {plain}, then {residual}, {lv.RESIDUAL_STEPS} steps each (up to a minute; "
                         f"students asking at the same time share this run)…"):
-            lesson = lv.residual(*lv.residual_key())
+            lesson = lv.residual(*lv.residual_key(batchnorm))
         m = st.columns(4)
         m[0].metric(f"{plain}: test accuracy", f"{lesson.plain.test_accuracy:.1%}")
         m[1].metric(f"{residual}: test accuracy", f"{lesson.residual.test_accuracy:.1%}",
@@ -156,7 +162,7 @@ elif view == "Residual connections":
         m[2].metric(f"{plain}: first ÷ last layer's gradient", f"{lesson.plain.first_over_last:.3g}")
         m[3].metric(f"{residual}: first ÷ last layer's gradient", f"{lesson.residual.first_over_last:.3g}")
         st.plotly_chart(gradients.depth_profile(lesson), key="res_depth", width="stretch")
-        st.markdown("\n".join(f"- {line}" for line in lv.residual_sentences(lesson)))
+        st.markdown("\n".join(f"- {line}" for line in lv.residual_sentences(lesson, batchnorm=batchnorm)))
         with st.expander("The gradients over time, layer by layer", icon=":material/grid_on:"):
             left, right = st.columns(2)
             for col, name, run in ((left, plain, lesson.plain), (right, residual, lesson.residual)):

@@ -263,3 +263,26 @@ def test_the_inception_lesson_measures_a_mini_inception():
     body = texts(at)
     for lo, hi, n, best in zip(table.edges, table.edges[1:], table.counts, table.strongest):
         assert f"Objects of {lo:.1f}–{hi:.1f} px ({n} images): **{best}** fires most" in body
+
+
+def test_the_residual_lesson_without_batchnorm_is_its_own_run(monkeypatch):
+    monkeypatch.setattr(state, "dataset", _small_shapes)
+    monkeypatch.setattr(lv, "RESIDUAL_STEPS", 3)
+    monkeypatch.setattr(lv, "RESIDUAL_TRAIN", 128)
+    monkeypatch.setattr(lv, "RESIDUAL_TEST", 32)
+    at = open_page()
+    at.session_state["res_bn"] = "without"
+    at = view(at, "Residual connections")
+    go = at.button(key="res_go")
+    assert "without batch norm" in go.label
+    go.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert lv.residual_ready(False) and not lv.residual_ready(True)  # each choice is its own shared run
+    lesson = lv.residual(*lv.residual_key(False))
+    body = texts(at)
+    assert f"Both nets trained for 3 steps on the same {lesson.train_images:,} shapes images, with the same " \
+           "batches and seed, without batch norm" in body
+    assert "Both use batch norm" not in body
+    assert "Guessing would get 12.5%" in body  # shapes has 8 classes
+    p = lesson.plain
+    assert number(at, "plain-20: first ÷ last layer's gradient") == float(f"{p.first_over_last:.3g}")

@@ -28,9 +28,23 @@ def test_a_residual_block_with_zeroed_convs_is_relu_of_its_input():
     assert torch.equal(block(-x.abs()), torch.zeros_like(x))
 
 
+def test_a_residual_block_without_batchnorm_starts_as_relu_of_its_input():
+    """Fixup's start: with nothing to rescale F(x), the second conv starts at zero and the block passes x on."""
+    block = models.Residual(3, 3, batchnorm=False).eval()
+    x = torch.randn(2, 3, 6, 6)
+    assert torch.equal(block(x), torch.relu(x))
+    assert block.conv1.weight.abs().sum() > 0  # only the last conv of F starts at zero, so F can still learn
+    x.requires_grad_(True)
+    block(x).sum().backward()  # ...and the gradient reaches conv2 through conv1's non-zero output
+    assert block.conv2.weight.grad.abs().sum() > 0
+
+
 def test_a_residual_block_without_batchnorm_has_biases_and_sums_conv2():
     block = models.Residual(2, 2, batchnorm=False).eval()
     assert block.bn1 is None and block.conv1.bias is not None
+    torch.manual_seed(0)
+    nn.init.normal_(block.conv2.weight)
+    nn.init.normal_(block.conv2.bias)
     x = torch.randn(1, 2, 4, 4)
     fx = block.conv2(torch.relu(block.conv1(x)))
     assert torch.allclose(block(x), torch.relu(x + fx))

@@ -157,3 +157,22 @@ def test_the_lesson_builds_specs_and_checks_its_budget(tiny_shapes):
     assert lesson.plain.grad_norm == lesson.residual.grad_norm  # same spec, same seed, same batches
     with pytest.raises(ValueError, match="at least 1 step"):
         gradients.residual_lesson(spec, spec, tr, te, steps=0)
+
+
+def test_without_batchnorm_plain_20_starves_and_resnet_20_does_not():
+    """The residual lesson's "without batch norm" choice, on its own presets: the plain net's first conv gets a
+    vanishing share of its last conv's gradient (measured on 5,000 shapes, 160 steps: 4e-8 to 7e-7), the residual
+    net's a share near one (0.6-0.9), and only the residual net learns (30 and 34 % at learning rates 0.005 and
+    0.002, against the plain net's 12 %)."""
+    from cnnviz import models
+
+    x, y, masks = shapes.generate(704, seed=0)
+    info = data.info("shapes")
+    tr, te = data.Split(info, x[:640], y[:640], masks[:640]), data.Split(info, x[640:], y[640:], masks[640:])
+    specs = [models.without_batchnorm(models.preset(name, 3, 32, info.num_classes)) for name in ("plain-20", "resnet-20")]
+    assert not any(isinstance(m, nn.BatchNorm2d) for spec in specs for m in models.build(spec).modules())
+    lesson = gradients.residual_lesson(*specs, tr, te, steps=30,
+                                       config=train.TrainConfig(batch_size=32, stop_when_stuck=False))
+    assert len(lesson.plain.history["steps"]) == 30  # a run at chance still trains its whole budget here
+    assert lesson.plain.first_over_last < 1e-3 and lesson.residual.first_over_last > 0.05
+    assert lesson.starving > 100

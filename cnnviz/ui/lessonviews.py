@@ -222,10 +222,10 @@ def depth(preset: str) -> int:
     return sum(r.kind == "Conv2d" and ".shortcut" not in r.name for r in models.summary(spec))
 
 
-def residual_key() -> tuple:
+def residual_key(batchnorm: bool = True) -> tuple:
     """Everything the residual lesson depends on: the cache key of :func:`residual`."""
     return (PLAIN, RESIDUAL, RESIDUAL_DATASET, RESIDUAL_STEPS, RESIDUAL_BATCH, RESIDUAL_TRAIN, RESIDUAL_TEST,
-            RESIDUAL_SEED)
+            RESIDUAL_SEED, batchnorm)
 
 
 _finished: set[tuple] = set()  # keys of residual lessons this server has computed: shown without a click
@@ -233,8 +233,11 @@ _finished: set[tuple] = set()  # keys of residual lessons this server has comput
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def residual(plain_name: str, residual_name: str, dataset: str, steps: int, batch: int, n_train: int, n_test: int,
-             seed: int) -> gradients.ResidualLesson:
+             seed: int, batchnorm: bool = True) -> gradients.ResidualLesson:
     """The residual lesson, computed once per server for these settings and shared read-only by every session.
+    Without ``batchnorm``, both presets lose it (:func:`cnnviz.models.without_batchnorm`): then nothing rescales the
+    signal between layers, and what the shortcuts do for the gradient shows on its own. Both nets train for the
+    whole budget, even one still at chance: the lesson compares them step for step.
 
     Streamlit computes one key once: sessions asking for it meanwhile wait for that computation (a class pressing
     the button together trains the two nets once). Every random draw comes from ``seed``, so the result is the same
@@ -244,15 +247,17 @@ def residual(plain_name: str, residual_name: str, dataset: str, steps: int, batc
     te = state.dataset(dataset, train=False).subset(n_test, seed=seed)
     info = tr.info
     specs = [models.preset(name, info.channels, info.size, info.num_classes) for name in (plain_name, residual_name)]
-    config = train.TrainConfig(batch_size=batch, seed=seed)
+    if not batchnorm:
+        specs = [models.without_batchnorm(spec) for spec in specs]
+    config = train.TrainConfig(batch_size=batch, seed=seed, stop_when_stuck=False)
     lesson = gradients.residual_lesson(*specs, tr, te, steps=steps, config=config)
-    _finished.add((plain_name, residual_name, dataset, steps, batch, n_train, n_test, seed))
+    _finished.add((plain_name, residual_name, dataset, steps, batch, n_train, n_test, seed, batchnorm))
     return lesson
 
 
-def residual_ready() -> bool:
+def residual_ready(batchnorm: bool = True) -> bool:
     """Whether this server has the residual lesson for the current settings already."""
-    return residual_key() in _finished
+    return residual_key(batchnorm) in _finished
 
 
 def has_batchnorm(preset: str) -> bool:
@@ -260,12 +265,14 @@ def has_batchnorm(preset: str) -> bool:
     return all(getattr(b, "batchnorm", True) for b in models.PRESETS[preset]["blocks"])
 
 
-def residual_sentences(lesson: gradients.ResidualLesson, plain: str = PLAIN, residual_name: str = RESIDUAL
-                       ) -> list[str]:
-    """What the lesson measured, in words, every number read from ``lesson``."""
+def residual_sentences(lesson: gradients.ResidualLesson, plain: str = PLAIN, residual_name: str = RESIDUAL,
+                       batchnorm: bool = True) -> list[str]:
+    """What the lesson measured, in words, every number read from ``lesson`` (``batchnorm``: whether its nets had
+    it, as :func:`residual` trained them)."""
     p, r = lesson.plain, lesson.residual
     out = [f"Both nets trained for {lesson.steps} steps on the same {lesson.train_images:,} shapes images, with the "
-           f"same batches and seed; accuracy is measured on {lesson.test_images:,} test images."]
+           f"same batches and seed" + ("" if batchnorm else ", without batch norm")
+           + f"; accuracy is measured on {lesson.test_images:,} test images."]
     for name, run in ((plain, p), (residual_name, r)):
         made = len(run.history["steps"])
         if run.history["status"] != "finished":
@@ -284,12 +291,13 @@ def residual_sentences(lesson: gradients.ResidualLesson, plain: str = PLAIN, res
                    f"than the residual net's: no starving was measured in this run.")
     else:
         bn = " Both use batch norm after every convolution, which keeps gradients in range on its own." if (
-            has_batchnorm(plain) and has_batchnorm(residual_name)) else ""
+            batchnorm and has_batchnorm(plain) and has_batchnorm(residual_name)) else ""
         out.append(f"The two ratios are within a factor of {max(lesson.starving, 1 / lesson.starving):.2g}: the "
                    f"plain net's early layers are not starved here.{bn}")
     gap = 100 * lesson.accuracy_gap
     out.append(f"Test accuracy: plain **{p.test_accuracy:.1%}**, with skips **{r.test_accuracy:.1%}**: "
                + (f"the skips are worth **{gap:+.1f} points**." if abs(gap) >= 0.05 else "no difference.")
+               + f" Guessing would get {1 / data.info(RESIDUAL_DATASET).num_classes:.1%}."
                + f" Training took {p.seconds:.0f} s and {r.seconds:.0f} s on this server.")
     if p.params == r.params:
         out.append(f"Both nets have the same {p.params:,} parameters: the shortcuts add none.")
