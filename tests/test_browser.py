@@ -139,6 +139,16 @@ def test_a_residual_or_inception_model_loaded_on_the_train_page_shows_its_blocks
             wait_until_idle(page)
             page.get_by_text(EXPLAINED[view]).first.wait_for(timeout=60_000)
             assert_no_exception(page)
+        # Every Learn page explains the same loaded model without an error.
+        for title, shown in (("Convolution step by step", "the same number"),
+                             ("What each layer learns", "How much of the image each layer sees"),
+                             ("Lessons", "Short guided lessons"),
+                             ("Backpropagation and architectures", "Backpropagation for one weight")):
+            page.get_by_test_id("stSidebarNav").get_by_text(title).click()
+            wait_until_idle(page, 120_000)
+            page.get_by_text(shown).first.wait_for(timeout=60_000)
+            assert_no_exception(page)
+            assert "Source: uploaded" in page.get_by_test_id("stSidebar").inner_text(), title
 
 
 def test_lesson_link_opens_the_lesson_in_presenter_mode(app_url):
