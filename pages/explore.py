@@ -46,8 +46,10 @@ key = (sm.model_id, picked.key, resize, invert_choice)  # everything a view's fi
 with prep_col:
     st.subheader("What the network gets", anchor=False)
     steps = ins.prepared.steps
-    st.image(figure_png(key + ("steps",), lambda: figures.image_strip([(s.title, s.image) for s in steps])),
-             width="stretch")
+    # Each step as an image of its own, captioned, at its own size (Streamlit would re-encode a wider one, blurred):
+    # no figure to draw.
+    st.image([figures.web_image(s.image) for s in steps], caption=[s.title for s in steps], width="content",
+             output_format="PNG")
     st.caption(explain.preprocessing([s.title.split(" (")[0] for s in steps], info.size, info.channels))
     st.subheader("Prediction", anchor=False)
     top = ins.top(info, k=5)
@@ -137,9 +139,8 @@ elif view == "Feature maps":
             maps[shown], channels=shown, of=n, title=f"{layer}: {explain.shape_words(tuple(maps.shape))}",
             highlight=channel if channel in shown else None)), f"feature-maps-{layer}", "dl_maps")
     with c2:
-        st.image(figure_png(key + ("map", layer, channel), lambda: figures.image_strip(
-            [("What the network sees", ins.prepared.display),
-             (f"{layer} #{channel}", figures.map_image(maps[channel]))])), width="stretch")
+        st.image([figures.web_image(ins.prepared.display), figures.web_image(figures.map_image(maps[channel]))],
+                 caption=["What the network sees", f"{layer} #{channel}"], width="content", output_format="PNG")
         stats = probe.channel_stats(maps)
         st.caption(f"Channel #{channel}: mean {stats['mean'][channel]:.2f}, max {stats['max'][channel]:.2f}, "
                    f"active (> 0) on {stats['frac_active'][channel]:.0%} of its cells.")

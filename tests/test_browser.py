@@ -76,8 +76,9 @@ def test_explore_page_upload_photo_and_bad_file(app_url, tmp_path):
         page.get_by_text("your upload photo.png").wait_for(timeout=60_000)
         wait_until_idle(page)
         assert page.get_by_text("The network is").count() == 1  # the prediction, in words
-        # The preprocessing steps, the top-5 bars, the feature maps, one map enlarged and each channel's activation.
-        assert page.locator('[data-testid="stImage"] img').count() == 5
+        # The preprocessing steps (original, resized, what the network sees: one image each), the top-5 bars, the
+        # feature maps, one map enlarged beside the input, and each channel's activation.
+        assert page.locator('[data-testid="stImage"] img').count() == 3 + 1 + 1 + 2 + 1
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "explore.png"), full_page=True)
         for view in ("Feature maps", "Pooling", "Grad-CAM", "Filters"):  # the page draws one view at a time

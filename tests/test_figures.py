@@ -389,3 +389,46 @@ def test_map_image_stretches_min_to_max():
     assert (img[0, 0] == lo).all() and (img[1, 1] == hi).all()
     flat = np.asarray(figures.map_image(torch.ones(3, 3)))
     assert (flat == flat[0, 0]).all()  # a constant map: one colour, no NaN
+
+
+def test_web_image_enlarges_small_images_by_a_whole_factor_and_shrinks_photos():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    big = Image.open(io.BytesIO(figures.web_image(small)))
+    assert big.format == "PNG" and big.size == (160, 160)  # 32 × 5: the first whole factor reaching 160
+    # Each pixel became a crisp 5×5 square of exactly its colour (no blurring, lossless).
+    assert np.array_equal(np.asarray(big.convert("RGB"))[::5, ::5], np.asarray(small))
+    grey = Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), mode="L")
+    assert Image.open(io.BytesIO(figures.web_image(grey))).size == (168, 168)  # 28 × 6
+    photo = Image.new("RGB", (4000, 3000), (200, 30, 10))
+    assert Image.open(io.BytesIO(figures.web_image(photo))).size == (240, 180)
+    # A sliver is neither blown up past MAX_ENLARGED nor shrunk to nothing.
+    for size in [(900, 3), (3, 900), (1, 1), (200, 2)]:
+        shown = Image.open(io.BytesIO(figures.web_image(Image.new("RGB", size)))).size
+        assert min(shown) >= 1 and max(shown) <= max(240, figures.MAX_ENLARGED), (size, shown)
+    assert Image.open(io.BytesIO(figures.web_image(Image.new("RGBA", (8, 8))))).mode == "RGB"
+
+
+def test_fixed_layout_figures_keep_their_size_and_draw_once():
+    import io
+
+    import torch
+    from PIL import Image
+
+    top = figures.topk_bars(torch.tensor([0.7, 0.2, 0.1]), ["a", "b", "a much longer class name than the others"])
+    assert getattr(top, figures.FIXED)
+    png = Image.open(io.BytesIO(figures.to_png(top, dpi=100)))
+    assert png.size == tuple(round(v * 100) for v in top.get_size_inches())  # no tight crop: exactly its size
+    # The longest name (cut to NAME_CHARS letters) fits left of the bars.
+    labels = [t.get_text() for t in top.axes[0].get_yticklabels()]
+    assert max(len(label) for label in labels) == figures.NAME_CHARS and labels[-1].endswith("…")
+    renderer = top.canvas.get_renderer()
+    assert min(t.get_window_extent(renderer).x0 for t in top.axes[0].get_yticklabels()) >= 0
+    grid = figures.feature_grid(torch.rand(16, 8, 8), title="t")
+    bar = grid.axes[1]
+    assert bar.get_position().x0 > grid.axes[0].get_position().x1  # the colour bar sits right of the grid
