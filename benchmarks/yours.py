@@ -120,6 +120,7 @@ def own_data(options: Options) -> list[Row]:
     ]
 
 
+@contextmanager
 def zoo_home(names: tuple[str, ...]):
     """A temporary ``TORCH_HOME`` holding random weights under torchvision's file names for ``names``."""
     import torch

@@ -139,3 +139,20 @@ def test_the_library_comparison_skips_without_the_bench_extra(monkeypatch):
     monkeypatch.setattr(libraries, "_importable", lambda module: module != "torchcam")
     with pytest.raises(Skip, match=r"torchcam not installed: pip install -e '\.\[bench\]'"):
         libraries.gradcam_libs(Options())
+
+
+def test_zoo_home_holds_weights_under_torchvisions_names_and_puts_torch_home_back(monkeypatch):
+    import os
+
+    import torchvision
+
+    from benchmarks import yours
+    from cnnviz import zoo
+
+    monkeypatch.setenv("TORCH_HOME", "/nowhere/of/ours")
+    with yours.zoo_home(("alexnet",)):
+        inside = os.environ["TORCH_HOME"]
+        path = zoo.weights_file("alexnet")
+        assert path.is_relative_to(inside) and path.exists()
+        assert set(torch.load(path, weights_only=True)) == set(torchvision.models.alexnet().state_dict())
+    assert os.environ["TORCH_HOME"] == "/nowhere/of/ours" and not os.path.exists(inside)
