@@ -110,6 +110,9 @@ def classroom(options: Options) -> list[Row]:
         bare, bare_failed = _class_at_once(lambda port: _streamlit_command(script, port), "", photos)
     e95, b95 = _p(explore, 95), _p(bare, 95)
     what = f"{n} pages, {size[0] * size[1] / 1e6:g}-MP JPEG each"
+    ratio = e95 / b95 if explore and bare else None
+    # deploy/README.md sizes replicas by this row: the class served when every page rendered within the target.
+    served = len(explore) if ratio is not None and ratio <= 2 and len(explore) == n else None
     return [
         Row(f"Explore: pages rendered ({what})", len(explore), "", at_least(n), checked=not options.quick,
             note=explore_failed),
@@ -118,8 +121,10 @@ def classroom(options: Options) -> list[Row]:
         Row("bare page: pages rendered", len(bare), "", note=bare_failed),
         Row("bare page: upload → image, p50", _p(bare, 50), "s"),
         Row("bare page: upload → image, p95", b95, "s"),
-        Row("p95 ratio Explore ÷ bare", e95 / b95 if explore and bare else None, "×", at_most(2),
-            checked=not options.quick),
+        Row("p95 ratio Explore ÷ bare", ratio, "×", at_most(2), checked=not options.quick),
+        Row("students per replica of this machine", served, "",
+            note="the whole class, all rendered within 2× the bare page" if served else
+            "not measured: the class did not all render within 2× the bare page"),
     ]
 
 
