@@ -51,9 +51,12 @@ st.markdown(f"### {step.text}" if presenter else step.text)
 if sm.info.name != "shapes" and step.view in ("pointing", "gradcam"):
     st.caption("These lessons are written for the shapes dataset; with another model the pictures differ.")
 
-split = views.test_split(sm)
-if split is None:
-    st.stop()
+# The views that show test images need them (a torchvision model has none here); a set-up button or a dissection
+# does not.
+if step.view in ("feature_maps", "top_patches", "pooling", "receptive", "overview", "gradcam", "pointing"):
+    split = views.test_split(sm)
+    if split is None:
+        st.stop()
 p = step.params
 if step.view == "filters":
     views.filters(sm)

@@ -162,3 +162,18 @@ def test_what_each_layer_learns_searches_the_pictures_you_brought(hub):
     at.switch_page("pages/hierarchy.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert "the 2 pictures you brought to Explore" in texts(at)
+
+
+def test_a_lessons_set_up_button_shows_for_a_model_without_test_images(hub):
+    """A lesson step that only opens the Train page needs no test images: a torchvision model (none here) still
+    gets the button, while a step that shows test images says they are missing."""
+    put_weights(hub, "resnet18")
+    at = on("resnet18", "pages/lessons.py")
+    at.session_state["lesson"], at.session_state["step"] = "hierarchy", 0
+    at.switch_page("pages/lessons.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "lesson_train_0" in [b.key for b in at.button]
+    at.session_state["step"] = 1  # the top patches of each layer: test images needed
+    at.switch_page("pages/lessons.py").run()
+    assert not at.exception and "lesson_train_0" not in [b.key for b in at.button]
+    assert "test images are not here" in texts(at)
