@@ -67,10 +67,10 @@ def served(command: list[str], cwd: Path = ROOT, env: dict | None = None, timeou
 
 @contextlib.contextmanager
 def streamlit_server(timeout: float = 90.0):
-    """Start ``streamlit run app.py`` and yield its URL once its health check answers."""
-    with served([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", "{port}",
-                 "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType",
-                 "none"], env={"CNNVIZ_MAX_JOBS": "2"}, timeout=timeout) as (_, url):
+    """Serve the app as ``make run`` does (``cnnviz app``: the project's launcher and Streamlit configuration) and
+    yield its URL once its health check answers."""
+    with served([sys.executable, "-m", "cnnviz.cli", "app", "--port", "{port}"], env={"CNNVIZ_MAX_JOBS": "2"},
+                timeout=timeout) as (_, url):
         yield url
 
 
@@ -107,6 +107,11 @@ def wait_until_idle(page, timeout: float = 60_000) -> None:
         " && !document.querySelector('[data-testid=\"stStatusWidget\"]'); }", timeout=timeout)
 
 
+APP_FAILED = "Something went wrong on this page"  # app.py's own message, where a served app hides tracebacks
+
+
 def assert_no_exception(page) -> None:
     errors = page.locator('[data-testid="stException"]')
     assert errors.count() == 0, errors.first.inner_text()
+    failed = page.get_by_text(APP_FAILED)
+    assert failed.count() == 0, "the page showed app.py's failure message; the traceback is in the server's log"
