@@ -85,7 +85,7 @@ elif step.view in ("dissection", "dissection_units"):
     if found is not None and step.view == "dissection":
         dissection.chart(sm, *found)
     elif found is not None:
-        dissection.units(found[0], rule=False, chosen=None, model_id=sm.model_id)
+        dissection.units(found[0], rule=False, chosen=None, model_id=sm.model_id, clickable=False)
 
 nav = st.columns([1, 1, 4])
 if nav[0].button("Back", icon=":material/arrow_back:", disabled=i == 0, key="lesson_back"):

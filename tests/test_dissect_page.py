@@ -97,6 +97,7 @@ def test_the_hierarchy_lesson_dissects_a_parts_model_and_shows_its_units(monkeyp
     at = step(3, **{f"dissected_{sm.model_id}": True})
     assert at.title[0].value == "Meet the detectors"
     assert at.selectbox(key="dissect_layer").value == trained.names[-1]
+    assert any(c.value.startswith("Choose a layer and a kind of concept") for c in at.caption)  # no bars to click
     shown = len(trained.layer(trained.names[-1]).units_in("object", rule=False))
     assert len(at.image) == min(6, shown) or "No unit of" in " ".join(i.value for i in at.info)
 

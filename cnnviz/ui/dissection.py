@@ -124,10 +124,13 @@ def _chosen(event) -> tuple[str, str] | None:
     return None
 
 
-def units(d: dissect.Dissection, rule: bool, chosen: tuple[str, str] | None, model_id: str) -> None:
-    """The units of one layer and category (the bar clicked, or chosen here), each with the scenes it fires on."""
+def units(d: dissect.Dissection, rule: bool, chosen: tuple[str, str] | None, model_id: str,
+          clickable: bool = True) -> None:
+    """The units of one layer and category (the bar clicked, or chosen here), each with the scenes it fires on;
+    ``clickable``: the page above has bars to click (a lesson's static chart has not)."""
     st.subheader("The units behind a bar", anchor=False)
-    st.caption("Click a bar above, or choose a layer and a kind of concept. Each picture is one of the scenes the "
+    st.caption(("Click a bar above, or choose" if clickable else "Choose") + " a layer and a kind of concept. Each "
+               "picture is one of the scenes the "
                "unit fires on most; outside its region the scene is dimmed.")
     if chosen and chosen[0] in d.names and chosen[1] in CATEGORIES:
         st.session_state.dissect_layer, st.session_state.dissect_category = chosen
