@@ -48,8 +48,8 @@ with prep_col:
     steps = ins.prepared.steps
     # Each step as an image of its own, captioned, at its own size (Streamlit would re-encode a wider one, blurred):
     # no figure to draw.
-    st.image([figures.web_image(s.image) for s in steps], caption=[s.title for s in steps], width="content",
-             output_format="PNG")
+    st.image(list(cache.web_images(key + ("steps",), lambda: [s.image for s in steps])),
+             caption=[s.title for s in steps], width="content", output_format="PNG")
     st.caption(explain.preprocessing([s.title.split(" (")[0] for s in steps], info.size, info.channels))
     st.subheader("Prediction", anchor=False)
     top = ins.top(info, k=5)
@@ -139,7 +139,8 @@ elif view == "Feature maps":
             maps[shown], channels=shown, of=n, title=f"{layer}: {explain.shape_words(tuple(maps.shape))}",
             highlight=channel if channel in shown else None)), f"feature-maps-{layer}", "dl_maps")
     with c2:
-        st.image([figures.web_image(ins.prepared.display), figures.web_image(figures.map_image(maps[channel]))],
+        st.image(list(cache.web_images(key + ("beside", layer, channel),
+                                       lambda: [ins.prepared.display, figures.map_image(maps[channel])])),
                  caption=["What the network sees", f"{layer} #{channel}"], width="content", output_format="PNG")
         stats = probe.channel_stats(maps)
         st.caption(f"Channel #{channel}: mean {stats['mean'][channel]:.2f}, max {stats['max'][channel]:.2f}, "

@@ -1,6 +1,7 @@
 """The server-wide caches: sizes in bytes, eviction by bytes, expiry, one computation per key, and the bound that
 64 twelve-megapixel uploads must stay under."""
 
+import io
 import dataclasses
 import sys
 import threading
@@ -245,3 +246,19 @@ def test_64_inspections_of_12_megapixel_photos_stay_under_the_budget(monkeypatch
         assert store.currsize == sum(sizes[64 - len(store):])
     finally:
         store.clear()
+
+
+def test_web_images_are_encoded_once_per_key():
+    from PIL import Image
+
+    made = []
+
+    def make():
+        made.append(1)
+        return [Image.new("RGB", (8, 8), (200, 10, 10)), Image.new("L", (400, 300))]
+
+    first = cache.web_images(("test-web-images-once",), make)
+    again = cache.web_images(("test-web-images-once",), make)
+    assert first is again and made == [1] and len(first) == 2
+    assert Image.open(io.BytesIO(first[0])).size == (160, 160)  # the 8×8 picture, each pixel a 20×20 square
+    assert Image.open(io.BytesIO(first[1])).size == (240, 180)

@@ -113,16 +113,22 @@ def test_explore_link_restores_the_view_and_ignores_nonsense():
     assert at.query_params["explore_view"] == "Grad-CAM"  # the link carries the view too
 
 
-def test_train_link_sets_up_the_overfitting_run():
+def _train_page_from_link(query: dict[str, str]):
+    """A new session opened by a link carrying ``query``, then on the Train page."""
     from streamlit.testing.v1 import AppTest
 
     from test_pages import APP
 
     at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params.update({"train_size": "200", "train_epochs": "30"})
+    at.query_params.update(query)
     at.run()
     at.switch_page("pages/train.py").run()
-    assert not at.exception
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_train_link_sets_up_the_overfitting_run():
+    at = _train_page_from_link({"train_size": "200", "train_epochs": "30"})
     assert at.select_slider(key="train_size").value == "200"
     assert at.number_input(key="train_epochs").value == 30
 
@@ -181,15 +187,8 @@ def test_a_set_up_button_opens_the_train_page_set_up_even_after_the_student_chos
 
 
 def test_a_link_to_a_dataset_brings_its_defaults_unless_the_link_sets_them():
-    from streamlit.testing.v1 import AppTest
-
     from cnnviz import data
-    from test_pages import APP
 
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params.update({"train_dataset": "parts", "train_epochs": "3"})
-    at.run()
-    at.switch_page("pages/train.py").run()
-    assert not at.exception
+    at = _train_page_from_link({"train_dataset": "parts", "train_epochs": "3"})
     assert at.radio(key="train_preset").value == data.DATASETS["parts"].preset
     assert at.number_input(key="train_epochs").value == 3  # the link's own value wins

@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Hashable, TypeVar
+from typing import Any, Callable, Hashable, Sequence, TypeVar
 
 import cachetools
 import numpy as np
@@ -49,7 +49,7 @@ TTL = 3600
 DEFAULT_MB = 256
 # How the total budget is split. Inspections hold the probe's records and a ≤ 512 px copy of the upload (~1 MB each
 # for our models); figures are PNGs of ~50–300 kB; Grad-CAM maps and test-set patches are small.
-SHARES = {"inspection": 0.45, "figure_png": 0.25, "cam": 0.1, "top_patches": 0.1, "dissection": 0.1}
+SHARES = {"inspection": 0.45, "figure_png": 0.22, "web_images": 0.03, "cam": 0.1, "top_patches": 0.1, "dissection": 0.1}
 
 T = TypeVar("T")
 
@@ -249,6 +249,13 @@ def top_patches(_model: nn.Module, model_id: str, _split: Split, dataset: str, l
 def figure_png(key: tuple, _make: Callable[[], Figure]) -> bytes:
     """PNG bytes of the figure ``_make()`` builds; ``key`` names everything the figure depends on."""
     return figures.to_png(_make())
+
+
+@cached("web_images")
+def web_images(key: tuple, _make: Callable[[], Sequence[Image.Image]]) -> tuple[bytes, ...]:
+    """PNG bytes of the pictures ``_make()`` gives (:func:`figures.web_image`), kept across reruns like a figure's:
+    a slider move does not encode them again; ``key`` names everything they depend on."""
+    return tuple(figures.web_image(image) for image in _make())
 
 
 DISSECTION_CONTROL_SEED = 0  # the untrained control's weights: the same for every student
