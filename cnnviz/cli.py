@@ -174,7 +174,7 @@ def _inspect_one(subject: _Subject, image: Image.Image, args: argparse.Namespace
     holds, its folder and the files written."""
     import numpy as np
 
-    from cnnviz import figures, gradcam, probe
+    from cnnviz import figures, gradcam, pictures, probe
     from cnnviz.inspection import inspect
 
     model, info = subject.model, subject.info
@@ -207,7 +207,7 @@ def _inspect_one(subject: _Subject, image: Image.Image, args: argparse.Namespace
         output = ins.records[name].output
         maps = output[0]  # (C, h, w)
         shown = min(len(maps), MAX_MAPS)
-        fig = figures.feature_grid(maps[:shown], title=f"{name}: {tuple(output.shape[1:])}", channels=range(shown),
+        fig = pictures.feature_grid(maps[:shown], title=f"{name}: {tuple(output.shape[1:])}", channels=range(shown),
                                    of=len(maps))
         # Named by module path (layer1.0.conv1.png), so every layer inside a block or a branch has its own file.
         (out / "feature_maps" / f"{name.replace(probe.CALL_SEPARATOR, '_')}.png").write_bytes(figures.to_png(fig))

@@ -1,4 +1,5 @@
-"""Tensors → labelled figures: matplotlib for static pictures (grids, pooling, overlays); charts are in charts.py.
+"""Tensors → labelled figures: matplotlib for static pictures (filter grids, pooling, overlays); charts are in
+charts.py, and the feature-map grid every upload redraws is drawn straight into pixels in pictures.py.
 
 Matplotlib is used only through its object API (a ``Figure`` on its own Agg canvas), never ``pyplot``: pyplot keeps
 global state, and Streamlit serves every session from threads of one process. Letters are at least 10 pt so a
@@ -51,64 +52,6 @@ PNG_LEVEL = 1
 MAX_ENLARGED = 480  # web_image enlarges a small image until its longer side would pass this many pixels
 NAME_CHARS = 28  # a class name longer than this is cut, with "…", where a figure gives names a fixed space
 BAR_COLOUR = "#1f77b4"  # the bars of channel_bars (mean) and topk_bars
-
-
-def feature_grid(
-    maps: Tensor,
-    *,
-    title: str = "",
-    cmap: str = "viridis",
-    shared_scale: bool = True,
-    cols: int | None = None,
-    highlight: int | None = None,
-    channels: Sequence[int] | None = None,
-    of: int | None = None,
-) -> Figure:
-    """Feature maps ``(C, H, W)`` as one labelled tile per channel ("#0", "#1", …) with a colour bar.
-
-    ``shared_scale`` puts every map on one colour scale (the layer's min to max, in activation values), so
-    brightness can be compared across channels; otherwise each map is stretched to its own min–max, which shows
-    patterns in weak channels. ``highlight`` draws a box around one channel. ``channels`` gives each tile's channel
-    number when ``maps`` is a selection (a page of a 512-channel layer) out of ``of`` channels in all.
-    """
-    maps = _as_float(maps, "(C, H, W)", 3)
-    c, h, w = maps.shape
-    numbers = _numbers(channels, c)
-    if highlight is not None:
-        if highlight not in numbers:
-            raise ValueError(f"highlight must be one of the channels shown, got {highlight}")
-        highlight = numbers.index(highlight)
-    cols = _columns(c, cols)
-    if shared_scale:
-        lo, hi = float(maps.min()), float(maps.max())
-        scaled, vmin, vmax = maps, lo, (hi if hi > lo else lo + 1)  # a constant layer still needs a range
-        detail = "one colour scale for all maps"
-    else:
-        lo, hi = maps.amin(dim=(1, 2), keepdim=True), maps.amax(dim=(1, 2), keepdim=True)
-        scaled, vmin, vmax = (maps - lo) / (hi - lo).clamp_min(1e-12), 0.0, 1.0
-        detail = "each map on its own colour scale: compare patterns, not brightness"
-    tile_in = _tile_inches(cols, smallest=0.5, largest=1.2)
-    fig, ax, corners = _mosaic_figure(
-        scaled[:, None], cols, tile_in, pad_value=float("nan"), extra_w=1.4, extra_h=0.9 + 0.3 * bool(title),
-        cmap=_cmap(cmap, bad="white"), vmin=vmin, vmax=vmax, fixed=True,
-    )
-    _label_tiles(ax, corners, highlight, numbers)
-    if highlight is not None:
-        x, y = corners[highlight]
-        ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="red", linewidth=3))
-    # The colour bar right of the grid, about 4 inches tall (or as tall as the grid), centred on it.
-    box, (fig_w, fig_h) = ax.get_position(), fig.get_size_inches()
-    bar_h = min(4.0, box.height * fig_h)
-    cax = fig.add_axes((box.x1 + 0.15 / fig_w, box.y0 + (box.height - bar_h / fig_h) / 2, 0.15 / fig_w, bar_h / fig_h))
-    bar = fig.colorbar(ax.images[0], cax=cax)
-    if shared_scale:
-        bar.set_label("activation value", fontsize=FONT)
-    else:
-        bar.set_ticks([0, 1], labels=["its min", "its max"])
-        bar.set_label("activation (per map)", fontsize=FONT)
-    shown = f"{c} feature maps" if of is None or of == c else f"{c} of its {of} feature maps"
-    _titles(fig, ax, title, f"{shown} of {h}×{w}\n{detail}")
-    return fig
 
 
 def filter_grid(weights: Tensor, *, title: str = "", rgb: bool | None = None,
@@ -165,9 +108,9 @@ def channel_bars(mean: Tensor, peak: Tensor, *, highlight: int | None = None, ti
         raise ValueError(f"expected two (C,) tensors of one shape, got {tuple(mean.shape)} and {tuple(peak.shape)}")
     c = len(mean)
     fig, ax = _fixed_axes(9, 2.6 + 0.3 * bool(title), left=0.8, right=0.15, bottom=0.5, top=0.15 + 0.3 * bool(title))
-    x = np.arange(c)
-    ax.bar(x, peak.numpy(), width=1.0 if c > 64 else 0.8, color="#9ecae1", label="max")
-    ax.bar(x, mean.numpy(), width=1.0 if c > 64 else 0.8, color=BAR_COLOUR, label="mean")
+    width = 1.0 if c > 64 else 0.8
+    _bars(ax, peak.numpy(), width, "#9ecae1", "max")
+    _bars(ax, mean.numpy(), width, BAR_COLOUR, "mean")
     if highlight is not None:
         _check_index(highlight, c, "highlight")
         ax.axvline(highlight, color="red", linewidth=1.5, label=f"#{highlight}")
@@ -257,12 +200,19 @@ def pooling_pair(pair: PoolPair, channel: int, *, title: str = "") -> Figure:
     Both on one colour scale. Windows are drawn every ``stride`` cells, with the stride inferred from the sizes.
     """
     _check_index(channel, pair.input.shape[0], "channel")
-    fig = _figure(9.5, 5.2)
-    ax_in, ax_out = fig.subplots(1, 2)
-    image = _draw_pooling(ax_in, ax_out, pair, channel, panel_in=4.0)
-    fig.colorbar(image, ax=[ax_in, ax_out], shrink=0.8).set_label("activation value", fontsize=FONT)
+    # Fixed margins (inches), drawn once (see _fixed_axes): two 4-inch panels under two lines of heading and two of
+    # panel titles, the colour bar right of them.
+    width, height, panel, bottom = 9.6, 5.3, 4.0, 0.15
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    setattr(fig, FIXED, True)
+    ax_in = fig.add_axes((0.25 / width, bottom / height, panel / width, panel / height))
+    ax_out = fig.add_axes((4.55 / width, bottom / height, panel / width, panel / height))
+    image = _draw_pooling(ax_in, ax_out, pair, channel, panel_in=panel)
+    cax = fig.add_axes((8.8 / width, (bottom + 0.1 * panel) / height, 0.18 / width, 0.8 * panel / height))
+    fig.colorbar(image, cax=cax).set_label("activation value", fontsize=FONT)
     heading = title or f"{pair.name}, channel #{channel}"
-    fig.suptitle(f"{heading}\n{_reduction(pair)}", fontsize=TITLE_FONT)
+    fig.suptitle(f"{heading}\n{_reduction(pair)}", fontsize=TITLE_FONT, y=1 - 0.08 / height, va="top")
     return fig
 
 
@@ -304,11 +254,14 @@ def overlay(
 ) -> Figure:
     """The image with ``heatmap`` (H, W) in [0, 1] blended on top and an "importance" colour bar; see overlay_image."""
     blend = overlay_image(image, heatmap, alpha, cmap)
-    fig = _figure(5.6, 4.8 + 0.3 * bool(title))
-    ax = fig.subplots()
+    # Fixed margins (see _fixed_axes): the picture in a 4.4-inch box, its colour bar and label to the right.
+    side, top = 4.4, 0.15 + 0.35 * bool(title)
+    width, height = side + 1.5, side + 0.2 + top
+    fig, ax = _fixed_axes(width, height, left=0.1, right=1.4, bottom=0.1, top=top)
     ax.imshow(np.asarray(blend), interpolation="nearest")
     _no_ticks(ax)
-    bar = fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap=cmap), ax=ax, shrink=0.85)
+    cax = fig.add_axes(((side + 0.3) / width, (0.1 + 0.075 * side) / height, 0.18 / width, 0.85 * side / height))
+    bar = fig.colorbar(ScalarMappable(norm=Normalize(0, 1), cmap=cmap), cax=cax)
     bar.set_label("importance (0 = none, 1 = most)", fontsize=FONT)
     if title:
         ax.set_title(title, fontsize=TITLE_FONT)
@@ -487,8 +440,13 @@ def input_image(x: Tensor, info: DatasetInfo) -> Tensor:
     return denormalize(x.detach().cpu().float(), info)[0]
 
 
-def to_png(fig: Figure, dpi: int = 120) -> bytes:
-    """A matplotlib figure as PNG bytes (tight bounding box), e.g. for a download button."""
+def to_png(fig: Figure | Image.Image, dpi: int = 120) -> bytes:
+    """A matplotlib figure (tight bounding box) or a picture drawn in pixels (:mod:`cnnviz.pictures`, already at its
+    size: ``dpi`` does not apply) as PNG bytes, e.g. for a download button."""
+    if isinstance(fig, Image.Image):
+        buffer = io.BytesIO()
+        fig.save(buffer, format="PNG", compress_level=PNG_LEVEL)
+        return buffer.getvalue()
     if not isinstance(fig, Figure):
         # Plotly's PNG export needs kaleido, which we do not ship; its toolbar has a download button instead.
         raise TypeError(f"expected a matplotlib Figure, got {type(fig).__name__}")
@@ -505,6 +463,15 @@ def _figure(width: float, height: float) -> Figure:
 
 
 FIXED = "cnnviz_fixed_layout"  # set on a figure whose margins are fixed: to_png draws it once, as it is
+
+
+def _bars(ax: Axes, heights: np.ndarray, width: float, colour: str, label: str) -> None:
+    """A bar of ``heights[i]`` at each x = i, ``width`` wide, as one filled step outline (``stairs``): one artist
+    instead of a Rectangle per bar, which for a 512-channel layer is most of the drawing time."""
+    x = np.arange(len(heights))
+    edges = np.stack([x - width / 2, x + width / 2], axis=1).ravel()  # left and right edge of each bar
+    steps = np.stack([heights, np.zeros_like(heights)], axis=1).ravel()[:-1]  # bar, gap, bar, …, bar
+    ax.stairs(steps, edges, baseline=0, fill=True, color=colour, label=label)
 
 
 def _fixed_axes(width: float, height: float, *, left: float, right: float, bottom: float, top: float

@@ -254,8 +254,8 @@ def maps_grid(maps: Tensor, side: int = PANEL) -> Image.Image:
     """Feature maps ``(C, h, w)`` tiled in a near-square grid on one colour scale (viridis: dark = the lowest value
     shown, bright = the highest), as a ``side``×``side`` RGB image with white gaps and margins.
 
-    A fast, unlabelled cousin of :func:`cnnviz.figures.feature_grid` for video: a labelled matplotlib figure takes
-    longer to draw than a frame may take.
+    A fast, unlabelled cousin of :func:`cnnviz.pictures.feature_grid` for video: labels, headings and a colour bar
+    take longer to draw than a frame may take.
     """
     if maps.ndim != 3 or maps.shape[0] == 0:
         raise ValueError(f"expected maps (C, h, w) with C >= 1, got {tuple(maps.shape)}")

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from cnnviz import explain, figures, gradcam, images, probe
+from cnnviz import explain, figures, gradcam, images, pictures, probe
 from cnnviz.text import md, mpl
 from cnnviz.ui import cache, links, state, views, widgets
 from cnnviz.ui.cache import figure_png
@@ -135,7 +135,7 @@ elif view == "Feature maps":
             shown = [ranked[i] for i in page_of(n, f"explore_map_page_{layer}")]
         else:
             shown = list(range(n))
-        show(figure_png(key + ("maps", layer, channel, tuple(shown)), lambda: figures.feature_grid(
+        show(figure_png(key + ("maps", layer, channel, tuple(shown)), lambda: pictures.feature_grid(
             maps[shown], channels=shown, of=n, title=f"{layer}: {explain.shape_words(tuple(maps.shape))}",
             highlight=channel if channel in shown else None)), f"feature-maps-{layer}", "dl_maps")
     with c2:
@@ -166,7 +166,7 @@ elif view == "Feature maps":
         for col, (title, maps_) in zip(st.columns(len(panels)), panels):
             few = list(range(min(16, maps_.shape[0])))
             with col:
-                st.image(figure_png(key + ("block", block, title), lambda m=maps_, t=title, f=few: figures.feature_grid(
+                st.image(figure_png(key + ("block", block, title), lambda m=maps_, t=title, f=few: pictures.feature_grid(
                     m[f], channels=f, of=m.shape[0], title=f"{t}: {explain.shape_words(tuple(m.shape))}")),
                     width="stretch")
 

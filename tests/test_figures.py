@@ -37,67 +37,6 @@ def pool_pair(x: torch.Tensor, module: nn.Module) -> probe.PoolPair:
     return pair
 
 
-# feature_grid
-
-def test_feature_grid_labels_every_channel_above_its_own_map_on_one_shared_scale():
-    torch.manual_seed(0)
-    maps = torch.randn(5, 6, 7)
-    fig = figures.feature_grid(maps, title="conv1")
-    assert isinstance(fig, Figure)
-    ax = fig.axes[0]
-    (image,) = ax.images
-    labels = labels_by_index(ax)
-    assert sorted(labels) == list(range(5))
-    for i, position in labels.items():
-        np.testing.assert_allclose(tile(image.get_array(), position, 6, 7), maps[i].numpy(), rtol=0, atol=1e-6)
-    assert image.get_clim() == pytest.approx((float(maps.min()), float(maps.max())))
-    assert image.colorbar.ax.get_ylabel() == "activation value"
-    assert "one colour scale" in ax.get_title() and fig.get_suptitle() == "conv1"
-
-
-def test_feature_grid_per_channel_scale_stretches_each_map_and_says_so():
-    maps = torch.stack([torch.arange(16.0).reshape(4, 4), 100 + 10 * torch.arange(16.0).reshape(4, 4)])
-    fig = figures.feature_grid(maps, shared_scale=False)
-    ax = fig.axes[0]
-    image = ax.images[0]
-    expected = (torch.arange(16.0) / 15).reshape(4, 4).numpy()
-    for position in labels_by_index(ax).values():
-        np.testing.assert_allclose(tile(image.get_array(), position, 4, 4), expected, atol=1e-6)
-    assert image.get_clim() == (0.0, 1.0)
-    assert "own colour scale" in ax.get_title()
-
-
-def test_feature_grid_highlight_boxes_the_chosen_map_and_constant_maps_still_draw():
-    fig = figures.feature_grid(torch.zeros(4, 5, 5), highlight=2, cols=2)
-    ax = fig.axes[0]
-    (box,) = [p for p in ax.patches if isinstance(p, Rectangle)]
-    x, y = labels_by_index(ax)[2]
-    assert box.get_xy() == pytest.approx((x, y + figures.PAD_PX))  # the box's corner is the tile's corner
-    assert (box.get_width(), box.get_height()) == (5, 5)
-    low, high = ax.images[0].get_clim()
-    assert low < high
-    with pytest.raises(ValueError, match="highlight"):
-        figures.feature_grid(torch.zeros(4, 5, 5), highlight=4)
-
-
-def test_feature_grid_rejects_a_batch():
-    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
-        figures.feature_grid(torch.zeros(1, 4, 5, 5))
-
-
-def test_feature_grid_of_128_channels_is_one_image_and_fast():
-    maps = torch.randn(128, 16, 16).relu()
-    figures.to_png(figures.feature_grid(maps))  # warm up fonts and caches
-    start = time.perf_counter()
-    fig = figures.feature_grid(maps)
-    built = time.perf_counter() - start
-    figures.to_png(fig, dpi=100)
-    total = time.perf_counter() - start
-    assert len(fig.axes) == 2 and len(fig.axes[0].images) == 1  # one mosaic and its colour bar, not 128 axes
-    # Measured ~20–60 ms to build, ~160–230 ms with the PNG on a busy 2-core machine; generous bounds.
-    assert built < 0.5 and total < 2.0
-
-
 # filter_grid and filter_image
 
 def test_filter_grid_rgb_keeps_colour_and_shows_zero_as_grey():
@@ -292,6 +231,33 @@ def test_input_image_undoes_the_normalisation():
     torch.testing.assert_close(image, x[0].float() / 255)
 
 
+@pytest.mark.parametrize("channels, width", [(3, 0.8), (100, 1.0)])
+def test_channel_bars_draw_each_channels_mean_over_its_max_and_mark_the_chosen_one(channels, width):
+    torch.manual_seed(channels)
+    mean = torch.randn(channels)  # a layer before its ReLU has negative means
+    peak = mean.abs() + 1
+    fig = figures.channel_bars(mean, peak, highlight=1, title="conv1")
+    (ax,) = fig.axes
+    steps = {p.get_label(): p.get_data() for p in ax.patches}
+    assert list(steps) == ["max", "mean"]  # the max behind, the mean in front
+    for label, values in (("max", peak), ("mean", mean)):
+        data = steps[label]
+        # Bar i spans i ± width/2 at its height, with a gap of height 0 before the next bar.
+        np.testing.assert_allclose(data.values[::2], values.numpy(), rtol=1e-6)
+        np.testing.assert_array_equal(data.values[1::2], 0)
+        np.testing.assert_allclose(data.edges[::2], np.arange(channels) - width / 2)
+        np.testing.assert_allclose(data.edges[1::2], np.arange(channels) + width / 2)
+        assert data.baseline == 0
+    (line,) = ax.lines
+    assert line.get_xdata()[0] == 1 and line.get_color() == "red"
+    assert ax.get_ylim()[0] <= float(mean.min()) and ax.get_xlim() == (-0.5, channels - 0.5)
+    assert figures.to_png(fig).startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="highlight"):
+        figures.channel_bars(mean, peak, highlight=channels)
+    with pytest.raises(ValueError, match="one shape"):
+        figures.channel_bars(mean, peak[:-1])
+
+
 def test_topk_bars_lists_the_most_probable_first_in_percent():
     probs = torch.tensor([0.05, 0.6, 0.1, 0.25])
     fig = figures.topk_bars(probs, ["0", "1", "2", "3"], k=3)
@@ -310,7 +276,7 @@ def test_topk_bars_lists_the_most_probable_first_in_percent():
 
 
 def test_to_png_gives_bytes_pil_can_open_and_refuses_plotly():
-    png = figures.to_png(figures.feature_grid(torch.rand(2, 3, 3)))
+    png = figures.to_png(figures.filter_grid(torch.rand(2, 1, 3, 3)))
     assert png.startswith(b"\x89PNG")
     with Image.open(io.BytesIO(png)) as im:
         assert im.format == "PNG" and im.width > 100
@@ -429,6 +395,3 @@ def test_fixed_layout_figures_keep_their_size_and_draw_once():
     assert max(len(label) for label in labels) == figures.NAME_CHARS and labels[-1].endswith("…")
     renderer = top.canvas.get_renderer()
     assert min(t.get_window_extent(renderer).x0 for t in top.axes[0].get_yticklabels()) >= 0
-    grid = figures.feature_grid(torch.rand(16, 8, 8), title="t")
-    bar = grid.axes[1]
-    assert bar.get_position().x0 > grid.axes[0].get_position().x1  # the colour bar sits right of the grid

@@ -246,8 +246,9 @@ def top_patches(_model: nn.Module, model_id: str, _split: Split, dataset: str, l
 
 
 @cached("figure_png")
-def figure_png(key: tuple, _make: Callable[[], Figure]) -> bytes:
-    """PNG bytes of the figure ``_make()`` builds; ``key`` names everything the figure depends on."""
+def figure_png(key: tuple, _make: Callable[[], Figure | Image.Image]) -> bytes:
+    """PNG bytes of the figure (or :mod:`cnnviz.pictures` picture) ``_make()`` builds; ``key`` names everything the
+    figure depends on."""
     return figures.to_png(_make())
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from cnnviz import data, explain, figures, gradcam, maximize, probe, receptive
+from cnnviz import data, explain, figures, gradcam, maximize, pictures, probe, receptive
 from cnnviz.data import DatasetError, Split
 from cnnviz.text import md
 from cnnviz.ui import cache, state
@@ -61,7 +61,7 @@ def feature_maps(sm: SessionModel, split: Split, layer: str | None = None, index
     a, b = st.columns([1, 3])
     a.image(figures.to_png(figures.image_strip([("the image", figures.to_pil(figures.input_image(x, info)))])),
             width="stretch")
-    b.image(figure_png((sm.model_id, "lesson-maps", layer, index), lambda: figures.feature_grid(
+    b.image(figure_png((sm.model_id, "lesson-maps", layer, index), lambda: pictures.feature_grid(
         rec.output[0], title=f"{layer}: {explain.shape_words(tuple(rec.output.shape[1:]))}")), width="stretch")
     st.caption(explain.feature_maps(rec, windows(sm).get(layer), info.size))
 
