@@ -88,7 +88,7 @@ def mnist_to_99(options: Options) -> list[Row]:
     0.3081); seed 1).
 
     The same rule for both: the whole 10,000-image test set is evaluated at the end of every epoch (the recipe's
-    own rhythm; cnnviz's default is 2 epochs), with one shared function, the model in eval mode; the clock counts
+    own rhythm; cnnviz's default for MNIST is 3 epochs), with one shared function, the model in eval mode; the clock counts
     training only and stops during those evaluations (cnnviz's own validations of 500 images stay in its time).
     Each run stops at the first evaluation at ≥ 99.0 %, or once its training time reaches the cap: then it is
     evaluated where it stopped, the accuracy reached is printed, and a capped recipe makes the ratio a lower

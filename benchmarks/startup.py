@@ -18,8 +18,9 @@ MANY = 8  # images in the many-images call
 def startup(options: Options) -> list[Row]:
     """Wall time of a fresh ``cnnviz inspect --checkpoint assets/shapes_model.pt --image one.png --out DIR``
     process (the console script beside this Python), median of 3 after an untimed run; beside it, the same call
-    with 8 images (the model loads once) and the floor every command pays: ``python -c "import torch"``. The
-    machine's other processes slow every figure down: the load average is printed with the section."""
+    with 8 images (the model loads once) and the floors every command pays: ``python -c "import torch"``, and the
+    same with torchvision. The machine's other processes slow every figure down: the load average is printed with
+    the section."""
     script = Path(sys.executable).with_name("cnnviz")
     if not script.is_file():
         raise Skip(f"no cnnviz console script beside {sys.executable} (pip install -e . makes it)")
@@ -33,12 +34,16 @@ def startup(options: Options) -> list[Row]:
         several = _median(many)
         progress(f"inspect, {MANY} images: {several:.2f} s")
         floor = _median([sys.executable, "-c", "import torch"])
+        # Any torchvision import runs torchvision/__init__, which imports its models, whose ops import torch._dynamo.
+        vision = _median([sys.executable, "-c", "import torch, torchvision"])
     return [
         Row(f"cnnviz inspect, shipped model, 1 image (median of {RUNS} fresh processes)", single, "s",
             at_most(TARGET_S)),
         Row(f"cnnviz inspect, shipped model, {MANY} images in one call", several, "s",
             note=f"{(several - single) / (MANY - 1):.2f} s for each image after the first"),
         Row("python -c 'import torch' (what every command pays first)", floor, "s"),
+        Row("python -c 'import torch, torchvision' (what inspect's resizing and figures pay)", vision, "s",
+            note=f"torchvision adds {vision - floor:.2f} s; cnnviz's own work {single - vision:.2f} s"),
     ]
 
 

@@ -37,10 +37,21 @@ def _cli_rows(result: dict, child: Child, acc_target: float, wall_target: float,
     ]
 
 
+FAST_SHAPES = ("--epochs", "1", "--batch-size", "64", "--lr", "0.01")  # gap's own fast recipe (see data.DATASETS)
+
+
 def train_shapes(options: Options) -> list[Row]:
-    """``cnnviz train --dataset shapes --json`` with its defaults, in a fresh process."""
+    """``cnnviz train --dataset shapes --json`` with its defaults, in a fresh process; then gap's faster recipe (one
+    epoch of 64 at 0.01: not the default, which must also suit the other presets), for the margin to ≥ 97 % in
+    ≤ 10 s of training."""
     result, child = _cli_train("shapes", options)
-    return _cli_rows(result, child, 97, 15, options)
+    fast, _ = _cli_train("shapes", options, *FAST_SHAPES)
+    full = not options.quick
+    recipe = " ".join(FAST_SHAPES)
+    return [*_cli_rows(result, child, 97, 15, options),
+            Row(f"{recipe}: test accuracy", 100 * fast["test_accuracy"], "%", at_least(97), checked=full),
+            Row(f"{recipe}: training loop", fast["train_seconds"], "s", at_most(10), checked=full,
+                note=f"{fast['steps']} steps, {fast['images_per_s']:,.0f} img/s")]
 
 
 def train_mnist(options: Options) -> list[Row]:
@@ -81,8 +92,10 @@ def app_train(options: Options) -> list[Row]:
     full, te = data.load("shapes", True), data.load("shapes", False)
     tr, val = data.holdout(full, None, min(1000, len(full) // 10), seed=0)  # as the Train page splits it
     spec = models.preset(tr.info.preset, tr.info.channels, tr.info.size, tr.info.num_classes)
-    # The Train page's defaults: 2 epochs, batch 128, lr 0.005, Adam, seed 0, no augmentation.
-    config = train.TrainConfig(max_steps=100 if options.quick else None)
+    # The Train page's defaults: the dataset's epochs, batch size and learning rate, Adam, seed 0, no augmentation.
+    info = tr.info
+    config = train.TrainConfig(epochs=info.epochs, batch_size=info.batch_size, lr=info.lr,
+                               max_steps=100 if options.quick else None)
     train.fit(models.build(spec), tr, train.TrainConfig(max_steps=20))  # warm-up: first-call costs paid here
 
     model = models.build(spec, seed=config.seed)

@@ -264,7 +264,7 @@ def _dataset(d: object, spec: ModelSpec) -> DatasetInfo:
                        invert=invert, description=_text(d.get("description", ""), "its description", MAX_TEXT,
                                                         empty=True),
                        epochs=_whole(d.get("epochs", default.epochs), "its number of epochs", 1, 1_000), preset=preset,
-                       resize=resize)
+                       resize=resize, batch_size=default.batch_size, lr=default.lr)  # training defaults: not from files
 
 
 def _model(spec: ModelSpec, state: object) -> nn.Module:

@@ -29,10 +29,16 @@ FOLDER_SIZE = 32  # side of a folder dataset's images: small enough to train on 
 MODEL_OPTIONS = ("weights", "classes", "input_size", "mean", "std")  # they describe a --model
 
 
+def _defaults(field: str) -> str:
+    """Each dataset's default ``field`` (epochs, batch_size, lr), for --help: "shapes 1, parts 2, …"."""
+    return ", ".join(f"{name} {getattr(info, field):g}" for name, info in data.DATASETS.items())
+
+
 def batch_and_lr(args: argparse.Namespace) -> tuple[int, float]:
-    """``train``'s batch size and peak learning rate: as given, else 128 and 0.005, or 64 and 0.01 for parts (which
-    learns in its two epochs with smaller batches and a higher rate: measured in cnnviz.parts)."""
-    batch, lr = (64, 0.01) if args.dataset == "parts" else (128, 0.005)
+    """``train``'s batch size and peak learning rate: as given, else the dataset's own (``DatasetInfo``; a folder or
+    zip of the user's takes the general defaults)."""
+    info = data.DATASETS.get(args.dataset)
+    batch, lr = (info.batch_size, info.lr) if info else (data.DatasetInfo.batch_size, data.DatasetInfo.lr)
     return args.batch_size or batch, args.lr or lr
 
 
@@ -503,10 +509,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default=None, choices=list(models.PRESETS),
                    help="architecture (default: the dataset's own: gap for shapes, tiny for the others)")
     t.add_argument("--epochs", type=_positive_int, default=None,
-                   help="passes over the training data (default: the dataset's own, e.g. 2 for shapes and mnist)")
-    t.add_argument("--batch-size", type=_positive_int, default=None, help="default: 128 (64 for parts)")
+                   help=f"passes over the training data (default: the dataset's own: {_defaults('epochs')})")
+    t.add_argument("--batch-size", type=_positive_int, default=None,
+                   help=f"default: the dataset's own: {_defaults('batch_size')}")
     t.add_argument("--lr", type=_learning_rate, default=None,
-                   help="peak learning rate of the one-cycle schedule (default: 0.005; 0.01 for parts)")
+                   help=f"peak learning rate of the one-cycle schedule (default: the dataset's own: {_defaults('lr')})")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--augment", action="store_true", help="random shifts, rotations and zooms while training")
     t.add_argument("--out", type=Path, default=None, help="save the trained model here (.pt)")

@@ -16,7 +16,6 @@ from typing import BinaryIO, Literal
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.transforms.v2 import functional as TF
 
 from cnnviz import files
 from cnnviz.data import DatasetInfo, denormalize, normalize
@@ -125,6 +124,10 @@ def prepare(
     pixels a side (its title gives the original size); the tensor is made from the full image. ``invert=None`` inverts only for datasets of light strokes on
     a dark background (MNIST) and only when the image's border is light; ``True``/``False`` decide outright.
     """
+    # Imported here: any torchvision import costs ~2 s (its package imports its models, whose ops import
+    # torch._dynamo), which `cnnviz train` and `import cnnviz` need not pay (`make bench BENCH=startup`).
+    from torchvision.transforms.v2 import functional as TF
+
     if image.mode not in ("L", "RGB"):
         raise ValueError(f"expected an 'L' or 'RGB' image from images.load, got mode {image.mode!r}")
     if resize not in RESIZE_POLICIES:
@@ -230,6 +233,8 @@ def to_square(image: Image.Image, size: int, policy: str) -> Image.Image:
 
 def _border_colour(image: Image.Image) -> tuple[int, ...]:
     """The median colour of the outermost pixels: the background, robust to a drawing that touches the edge."""
+    from torchvision.transforms.v2 import functional as TF
+
     x = TF.pil_to_tensor(image)  # (C, H, W) uint8
     border = torch.cat([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], dim=1)  # (C, 2W + 2H)
     return tuple(border.median(dim=1).values.tolist())

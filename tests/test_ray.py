@@ -197,7 +197,7 @@ def test_the_line_is_sized_to_the_cluster(ray_cluster, monkeypatch):
 
 
 def test_a_gpu_is_worth_asking_for_only_for_long_runs():
-    # 3 × 6.6 M multiply-adds × 38,400 images (300 steps of 128: the app's shapes default) on 2 cores: 22 s.
+    # 3 × 6.6 M multiply-adds × 38,400 images (300 steps of 128: two epochs of shapes) on 2 cores: 22 s.
     assert not cluster.worth_a_gpu(6_635_904, 38_400, cpus=2)
     seconds = 3 * 6_635_904 * 38_400 / (cluster.CPU_MACS_PER_S * 2)
     assert seconds == pytest.approx(22.5, abs=0.1)

@@ -92,7 +92,11 @@ def _main(port: int) -> int:
     import cnnviz.ui.views  # noqa: F401  (torch, torchvision and the pages' modules, loaded before the first visit)
     import cnnviz.ui.widgets  # noqa: F401
     from cnnviz import cluster
-    from cnnviz.ui import jobs
+    from cnnviz.ui import jobs, state
+
+    # The shipped model's accuracy is measured on its test set once per server (st.cache_resource: one cache per
+    # process, runtime or not): now, so that the first visitor's page does not wait for it (`first-paint` bench).
+    state.shipped_metrics()
 
     try:  # local: training processes fork from a server loaded now; a Ray cluster: connect now, or say why not
         jobs.start_backend()

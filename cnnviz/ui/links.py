@@ -18,7 +18,7 @@ from typing import Callable
 
 import streamlit as st
 
-from cnnviz import data, gradcam, images, lessons, models, parts, train
+from cnnviz import data, gradcam, images, lessons, models, train
 
 MAX_TEXT = 64  # longer than any value a link carries (layer, class, option names); longer ones are dropped unread
 MAX_INDEX = 4096  # above any channel count or map side the app builds or loads; pages check the real size
@@ -186,13 +186,11 @@ KEPT = (*TRAIN, *EXPLORE, *CONVOLUTION, *HIERARCHY, "explore_source", "explore_c
 
 
 def dataset_defaults(name: str) -> dict[str, object]:
-    """The Train page's settings a dataset of ours starts from: its recommended architecture and epochs, no
-    augmentation, and batch size and learning rate (parts learns in its two epochs with smaller batches and a higher
-    rate: measured in :mod:`cnnviz.parts`)."""
+    """The Train page's settings a dataset of ours starts from: its recommended architecture, epochs, batch size and
+    learning rate (``DatasetInfo``), and no augmentation."""
     chosen = data.DATASETS[name]
-    batch, lr = (parts.BATCH_SIZE, parts.LR) if name == "parts" else (128, 0.005)
     return {"train_preset": chosen.preset, "train_epochs": chosen.epochs, "train_augment": False,
-            "train_batch": batch, "train_lr": lr}
+            "train_batch": chosen.batch_size, "train_lr": chosen.lr}
 
 
 def open_train(label: str, values: dict[str, object], key: str) -> None:
