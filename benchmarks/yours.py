@@ -197,7 +197,27 @@ def zoo_explore(options: Options) -> list[Row]:
                     note="each: " + ", ".join(f"{t:.2f}" for t in totals) + " s"),
             ]
         state.zoo_model.clear()
+        rows.append(_lucid_one_channel(options))
     return rows
+
+
+def _lucid_one_channel(options: Options) -> Row:
+    """Activation maximisation of one channel of ResNet-18's last block (``layer4``, the deepest and slowest), in the
+    style that makes ImageNet features recognisable (Lucid's: decorrelated Fourier parametrisation, jitter, scale
+    and rotation), for the app's number of steps. Must be called inside :func:`zoo_home`."""
+    from cnnviz import maximize, zoo
+
+    steps = 16 if options.quick else 128
+    progress(f"resnet18: activation maximisation of one layer4 channel, {steps} steps")
+    zm = zoo.load("resnet18")
+    start = time.perf_counter()
+    result = maximize.activation_maximization(zm.model, "layer4", 7, (3, 224, 224), style="lucid", info=zm.info,
+                                              steps=steps)
+    seconds = time.perf_counter() - start
+    return Row(f"resnet18: activation maximisation, one layer4 channel ({steps} steps, Lucid's style)", seconds, "s",
+               at_most(30), checked=not options.quick,
+               note=f"objective {result.history[0]:.2f} → {result.history[-1]:.2f}, on a {maximize.LUCID_SIZE}-px "
+                    f"canvas")
 
 
 def _check(at) -> None:
