@@ -25,12 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
-from cnnviz import figures, gradcam, images, probe, sharing
+from cnnviz import figures, gradcam, images, pictures, probe, sharing
 from cnnviz.data import DatasetInfo
 
 log = logging.getLogger(__name__)
@@ -275,8 +274,7 @@ def maps_grid(maps: Tensor, side: int = PANEL) -> Image.Image:
     return ImageOps.pad(picture, (side, side), resample, color="white")
 
 
-# matplotlib's viridis as a table of 256 RGB colours: one lookup per cell, far cheaper than calling the colour map.
-_VIRIDIS = torch.from_numpy(np.rint(colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8))
+_VIRIDIS = torch.from_numpy(pictures.colour_table("viridis").copy())  # (256, 3) uint8
 
 
 def _enlarged(image: Image.Image) -> Image.Image:

@@ -23,13 +23,15 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from cnnviz.figures import FONT, LINE_IN, TITLE_FONT, _as_float, _columns, _numbers, _tile_inches
+
 DPI = 120  # pixels per inch, as figures.to_png draws: sizes below are the figures' points at this density
-FONT_PX = round(10 / 72 * DPI)  # figures.FONT (10 pt)
-DETAIL_PX = round(11 / 72 * DPI)
-TITLE_PX = round(13 / 72 * DPI)  # figures.TITLE_FONT
+FONT_PX = round(FONT / 72 * DPI)
+DETAIL_PX = round((FONT + 1) / 72 * DPI)  # the figures' axes titles
+TITLE_PX = round(TITLE_FONT / 72 * DPI)
 MARGIN = 12
 GAP = 4  # white pixels between two tiles
-BAND = round(0.22 * DPI)  # the line above each tile that holds its "#n" label (figures.LINE_IN)
+BAND = round(LINE_IN * DPI)  # the line above each tile that holds its "#n" label
 BAR_W, BAR_GAP, BAR_MAX_H = 18, 16, 480  # the colour bar: width, gap from the grid, tallest (4 inches)
 TICK = 5
 MAX_WIDTH = 1600  # a heading longer than this is cut with "…"
@@ -56,19 +58,12 @@ def feature_grid(
     number when ``maps`` is a selection (a page of a 512-channel layer) out of ``of`` channels in all.
     Small maps are enlarged by a whole factor (each value a crisp square); maps larger than a tile are averaged down.
     """
-    if not isinstance(maps, Tensor) or maps.ndim != 3 or maps.numel() == 0:
-        described = f"{tuple(maps.shape)} {maps.dtype}" if isinstance(maps, Tensor) else type(maps).__name__
-        raise ValueError(f"expected a non-empty (C, H, W) tensor, got {described}")
-    maps = maps.detach().cpu().float()
+    maps = _as_float(maps, "(C, H, W)", 3)
     c, h, w = maps.shape
-    numbers = list(range(c)) if channels is None else [int(n) for n in channels]
-    if len(numbers) != c:
-        raise ValueError(f"expected one channel number per tile ({c}), got {len(numbers)}")
+    numbers = _numbers(channels, c)
     if highlight is not None and highlight not in numbers:
         raise ValueError(f"highlight must be one of the channels shown, got {highlight}")
-    if cols is not None and cols < 1:
-        raise ValueError(f"expected cols >= 1, got {cols}")
-    cols = min(cols, c) if cols is not None else math.ceil(math.sqrt(c))
+    cols = _columns(c, cols)
     rows = math.ceil(c / cols)
 
     finite = maps.isfinite()
@@ -83,7 +78,7 @@ def feature_grid(
         span, vmin, vmax = (high - low).clamp_min(1e-12), 0.0, 1.0
         detail = "each map on its own colour scale: compare patterns, not brightness"
     # (C, th, tw, 3)
-    tiles = _tiles(clean, finite, low, span, cmap, target=round(min(1.2, max(0.5, 7.5 / cols)) * DPI))
+    tiles = _tiles(clean, finite, low, span, cmap, target=round(_tile_inches(cols, smallest=0.5, largest=1.2) * DPI))
     th, tw = tiles.shape[1:3]
 
     shown = f"{c} feature maps" if of is None or of == c else f"{c} of its {of} feature maps"
@@ -121,7 +116,7 @@ def feature_grid(
         corners.append((x0, y0))
     bar_x, bar_y = left + grid_w + BAR_GAP, top + (grid_h - bar_h) // 2
     ramp = np.linspace(1, 0, bar_h)[:, None].repeat(BAR_W, axis=1)
-    pixels[bar_y: bar_y + bar_h, bar_x: bar_x + BAR_W] = _lut(cmap)[np.clip((ramp * 256).astype(int), 0, 255)]
+    pixels[bar_y: bar_y + bar_h, bar_x: bar_x + BAR_W] = colour_table(cmap)[np.clip((ramp * 256).astype(int), 0, 255)]
     canvas = Image.fromarray(pixels)
     draw = ImageDraw.Draw(canvas)
 
@@ -152,7 +147,7 @@ def _tiles(maps: Tensor, finite: Tensor, low: Tensor, span: Tensor, cmap: str, *
         h, w = maps.shape[1:]
     values = (maps - low) / span
     index = (values.clamp(0, 1) * 256).nan_to_num(0).long().clamp(0, 255).numpy()
-    rgb = _lut(cmap)[index]
+    rgb = colour_table(cmap)[index]
     rgb[~finite.numpy()] = WHITE
     factor = max(1, target // max(h, w))
     if factor > 1:  # each value a crisp square of factor × factor pixels
@@ -161,8 +156,9 @@ def _tiles(maps: Tensor, finite: Tensor, low: Tensor, span: Tensor, cmap: str, *
 
 
 @functools.lru_cache(maxsize=16)
-def _lut(cmap: str) -> np.ndarray:
-    """The colour map as 256 RGB rows (uint8), read only."""
+def colour_table(cmap: str) -> np.ndarray:
+    """matplotlib's colour map ``cmap`` as 256 RGB rows (uint8, read only): one lookup per value, far cheaper than
+    calling the colour map."""
     lut = np.rint(colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
     lut.setflags(write=False)
     return lut
