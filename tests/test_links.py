@@ -138,7 +138,8 @@ def test_every_key_restored_by_a_page_is_registered():
     sources = "".join(p.read_text() for p in [*(ROOT / "pages").glob("*.py"), ROOT / "cnnviz/ui/widgets.py"])
     literal_keys = set(re.findall(r'"(\w+)": (?:int|str|float|links\.flag)\b', sources))
     assert literal_keys <= set(SPECS), literal_keys - set(SPECS)
-    assert {"explore_class", "explore_seed"} <= set(SPECS)  # the image picker's f"{key}_class" with key="explore"
+    # the image picker's f"{key}_class" with key="explore"
+    assert {"explore_source", "explore_class", "explore_seed"} <= set(SPECS)
 
 
 def _restore_script():
@@ -170,7 +171,7 @@ def test_restore_keeps_good_values_and_drops_bad_ones_silently():
 
 SHIPPED = checkpoint.load(state.SHIPPED_MODEL.read_bytes())
 LAYERS = [n for n, _ in SHIPPED.model.named_modules() if n]
-PICKER = ("explore_class", "explore_seed")
+PICKER = ("explore_source", "explore_class", "explore_seed")
 PAGES = {
     "pages/home.py": ("presenter",),
     "pages/train.py": (*links.TRAIN, "presenter"),
@@ -317,6 +318,23 @@ def test_a_kept_value_is_shown_and_a_dropped_one_is_not():
     assert "a horizontal stripes" in shown  # the test image's caption: _shown reads the page's text
     assert "<img src=x>" not in shown and md("<img src=x>") not in shown
     assert at.selectbox(key="explore_cam_layer").value in LAYERS
+
+
+def test_a_class_link_opens_explore_on_the_uploader():
+    """A teacher chooses Upload and shares the address: it opens each student's Explore on the uploader, with no
+    test image drawn first; choosing another source rewrites the address; an unknown source is dropped."""
+    at = _open("pages/explore.py", {"explore_source": "Upload"})
+    assert not at.exception and not at.error
+    assert at.pills(key="explore_source").value == "Upload"
+    assert [u.label for u in at.get("file_uploader")] == ["Upload an image (PNG, JPEG, GIF, BMP, TIFF, WebP)"]
+    assert "explore_class" not in [s.key for s in at.selectbox]  # the test set's class choice is not drawn
+    assert "Choose an image on the left" in "".join(i.value for i in at.info)
+    at.pills(key="explore_source").set_value("Draw").run()
+    assert at.query_params["explore_source"] == "Draw"
+    at = _open("pages/explore.py", {"explore_source": "Webcam"})
+    assert not at.exception and not at.error
+    assert at.pills(key="explore_source").value == "Test set"
+    assert not at.get("file_uploader") and at.query_params["explore_source"] == "Test set"
 
 
 # AppTest runs take seconds each on two cores: few examples, no deadline, and no shrinking (dozens more runs).

@@ -145,7 +145,9 @@ SPECS: dict[str, Spec] = {
     "explore_invert": Choice(("auto", "on", "off")),
     "explore_view": Choice(("Filters", "Feature maps", "Pooling", "Grad-CAM")),
     "explore_map_order": Choice(("most active first", "channel number")),
-    # The image picker (cnnviz/ui/widgets.py, key "explore") on Explore and Convolution step by step
+    # The image picker (cnnviz/ui/widgets.py, key "explore") on Explore and Convolution step by step. A teacher's link
+    # with ?explore_source=Upload opens a class straight on the uploader (the picker drops a source its model lacks).
+    "explore_source": Choice(("Test set", "Upload", "Draw", "Camera")),
     "explore_class": Text(),  # a class name of the model's dataset: checked by the picker's valid()
     "explore_seed": Int(0, MAX_SEED),
     # Convolution step by step (pages/convolution.py)

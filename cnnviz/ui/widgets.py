@@ -225,7 +225,7 @@ def image_picker(info: DatasetInfo, key: str = "img") -> PickedImage | None:
     Each source keeps its last good image (a damaged upload leaves the last good upload on screen); a source with
     nothing in it yet gives None, so switching to Upload shows the uploader alone, not the previous source's views.
     """
-    links.restore({f"{key}_class": str, f"{key}_seed": int})
+    links.restore({f"{key}_source": str, f"{key}_class": str, f"{key}_seed": int})
     links.valid(f"{key}_class", ["any"] + list(info.class_names))
     # A model without its test images here (an ImageNet model) offers the user's own pictures only.
     sources = ["Test set", "Upload", "Draw", "Camera"] if state.has_test_set(info) else ["Upload", "Camera", "Draw"]
@@ -237,6 +237,7 @@ def image_picker(info: DatasetInfo, key: str = "img") -> PickedImage | None:
     source = st.pills("Image source", sources, key=f"{key}_source")
     source = source or sources[0]
     st.session_state[f"{key}_source_kept"] = source
+    links.publish([f"{key}_source"])  # the address then opens on this source: a teacher's link to the uploader
     last_key = f"{key}_last_{source}"
     picked: PickedImage | None = None
     if source == "Test set":
