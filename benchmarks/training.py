@@ -85,6 +85,9 @@ def train_presets(options: Options) -> list[Row]:
     return rows
 
 
+PAGE_EVERY = 3.0  # pages/train.py: CHARTS_EVERY and FILTERS_EVERY, the seconds between redraws of the live views
+
+
 def app_train(options: Options) -> list[Row]:
     """The Train page's job (a training process, polled each second by the page) vs ``train.fit`` directly."""
     from cnnviz import data, models, train
@@ -116,7 +119,7 @@ def app_train(options: Options) -> list[Row]:
         Row("Train → first step reported, later jobs", warm_start, "s"),
     ]
     if ticks:
-        rows.append(Row("page tick: snapshot + curves (+ filter PNG every 2 s), median", 1000 * statistics.median(ticks),
+        rows.append(Row(f"page tick: snapshot + curves (new points and filter PNG every {PAGE_EVERY:g} s), median", 1000 * statistics.median(ticks),
                         "ms", note=f"max {1000 * max(ticks):.0f} ms over {len(ticks)} ticks"))
     return rows
 
@@ -135,19 +138,19 @@ def _run_job(spec, tr, val, te, config, poll: bool):
     ticks: list[float] = []
 
     def page() -> None:
-        drawn, fig, shown = 0.0, None, None
+        drawn, updated, fig, shown = 0.0, 0.0, None, None
         while not done.wait(1.0):
             start = time.perf_counter()
             snap = job.snapshot()
-            # As pages/train.py: one figure per job, its points updated when new ones came; st.plotly_chart
-            # serialises the figure to JSON on every tick, which is part of the tick's cost.
+            # As pages/train.py: one figure per job, its points updated when new ones came, at most every
+            # CHARTS_EVERY seconds; st.plotly_chart serialises the figure to JSON on every tick, part of its cost.
             if fig is None:
-                fig = charts.training_curves(snap.history)
-            elif shown != snap.step:
+                fig, updated = charts.training_curves(snap.history), time.monotonic()
+            elif shown != snap.step and time.monotonic() - updated >= PAGE_EVERY:
                 charts.update_training_curves(fig, snap.history)
-            shown = snap.step
+                shown, updated = snap.step, time.monotonic()
             plotly.io.to_json(fig.to_dict(), validate=False)
-            if snap.filters is not None and time.monotonic() - drawn >= 2.0:  # pages/train.py: FILTERS_EVERY
+            if snap.filters is not None and time.monotonic() - drawn >= PAGE_EVERY:
                 figures.to_png(figures.filter_grid(snap.filters), dpi=80)
                 drawn = time.monotonic()
             ticks.append(time.perf_counter() - start)

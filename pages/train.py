@@ -187,7 +187,11 @@ if b[1].button("Stop", icon=":material/stop:", disabled=not running, key="train_
 b[2].caption(f"A training stops by itself after {jobs.TIME_CAP / 60:g} min on this server, keeping what it has "
              "learned, and when you close this tab.")
 
-FILTERS_EVERY = 2.0  # seconds between redraws of the live filter grid, at least
+# Seconds between new points on the live charts, at least. Each Plotly redraw costs the student's browser ~0.1 s of
+# CPU per chart; at every 1 s tick the Train page's browser took half a core, which a laptop's training (or the
+# server's, when both share a machine) then lacks. A chart sent again unchanged costs the browser almost nothing.
+CHARTS_EVERY = 3.0
+FILTERS_EVERY = CHARTS_EVERY  # seconds between redraws of the live filter grid, at least
 FILTERS_SHARE = 0.05  # and at most this share of a core: a matplotlib figure costs 60-300 ms, more on a busy server
 
 
@@ -205,14 +209,20 @@ def live_filters(job: jobs.TrainingJob, snap: jobs.Snapshot) -> bytes:
     return drawn[3]
 
 
+def _due(drawn: tuple | None, job: jobs.TrainingJob, snap: jobs.Snapshot) -> bool:
+    """Whether a live chart drawn as ``drawn`` (job, what it shows, figure, when) gets the job's new points now."""
+    return drawn is None or drawn[0] is not job or not snap.active or time.monotonic() - drawn[3] >= CHARTS_EVERY
+
+
 def live_curves(job: jobs.TrainingJob, snap: jobs.Snapshot):
-    """The job's curves: one figure per job, its points updated only when the job reported new ones."""
-    drawn = st.session_state.get("live_curves")  # (job, what it shows, figure)
+    """The job's curves: one figure per job, its points updated when the job reported new ones, at most every
+    CHARTS_EVERY seconds while it trains, and at its end."""
+    drawn = st.session_state.get("live_curves")  # (job, what it shows, figure, when)
     shown = (snap.step, len(snap.history["epochs"]), snap.status)
     if drawn is None or drawn[0] is not job:
-        drawn = (job, shown, charts.training_curves(snap.history))
-    elif drawn[1] != shown:
-        drawn = (job, shown, charts.update_training_curves(drawn[2], snap.history))
+        drawn = (job, shown, charts.training_curves(snap.history), time.monotonic())
+    elif drawn[1] != shown and _due(drawn, job, snap):
+        drawn = (job, shown, charts.update_training_curves(drawn[2], snap.history), time.monotonic())
     st.session_state.live_curves = drawn
     return drawn[2]
 
@@ -221,7 +231,9 @@ def live_curves(job: jobs.TrainingJob, snap: jobs.Snapshot):
 def live() -> None:
     job = st.session_state.get("job")
     if job is None:
-        st.info("Press **Train** to start. A shapes model trains in about 15 seconds.", icon=":material/info:")
+        n_images = sizes[n_train] or len(full_train) - n_val
+        st.info(f"Press **Train** to start: {config.total_steps(n_images):,} steps of {batch} images, from "
+                f"{n_images:,} training images.", icon=":material/info:")
         return
     snap = job.snapshot()
     frac = snap.step / max(1, snap.total_steps)
@@ -244,9 +256,10 @@ def live() -> None:
                       "gradient of the loss on one batch of images.")
     if snap.gradients and snap.gradients["steps"]:
         grads = gradients.GradientSnapshot(**snap.gradients)
-        drawn = st.session_state.get("live_gradients")  # (job, samples drawn, figure): redrawn only when they change
-        if drawn is None or drawn[0] is not job or drawn[1] != (grads.steps[-1], grads.every):
-            drawn = (job, (grads.steps[-1], grads.every), gradients.heatmap(grads, "grad_norm"))
+        # (job, samples drawn, figure, when): redrawn when they change, as often as the curves
+        drawn = st.session_state.get("live_gradients")
+        if drawn is None or drawn[0] is not job or drawn[1] != (grads.steps[-1], grads.every) and _due(drawn, job, snap):
+            drawn = (job, (grads.steps[-1], grads.every), gradients.heatmap(grads, "grad_norm"), time.monotonic())
             st.session_state.live_gradients = drawn
         st.plotly_chart(drawn[2], key="gradients", width="stretch")
         st.caption(f"Backpropagation, live: the size of each layer's gradient (how hard the loss pulls on its "

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cnnviz import data, models, train
-from cnnviz.ui import jobs
+from cnnviz.ui import jobs, worker
 
 
 @pytest.fixture
@@ -141,6 +141,66 @@ def test_training_threads_share_the_cores_the_server_leaves():
     assert jobs.training_threads(16, 3, 16.0) == 5
     assert jobs.training_threads(1, 4, 0.0) == 1
     assert 0 <= jobs._idle_cores(0.05) <= os.cpu_count()
+
+
+class _Machine:
+    """A clock and a thread setting for ThreadTuner: each step takes ``cost[threads]`` seconds."""
+
+    def __init__(self, cost: dict[int, float], threads: int):
+        self.cost, self.threads, self.now, self.counts = cost, threads, 0.0, []
+
+    def set(self, n: int) -> None:
+        self.threads = n
+        self.counts.append(n)
+
+    def run(self, tuner: worker.ThreadTuner, steps: int) -> list[int]:
+        """``steps`` steps; the thread count each one ran on."""
+        used = []
+        for _ in range(steps):
+            self.now += self.cost[self.threads]
+            used.append(self.threads)
+            tuner.step()
+        return used
+
+
+def _tuner(machine: _Machine, others: tuple[int, ...], **kw) -> worker.ThreadTuner:
+    return worker.ThreadTuner(machine.threads, others, clock=lambda: machine.now, set_threads=machine.set, **kw)
+
+
+def test_thread_tuner_keeps_the_faster_count_and_looks_again_later():
+    m = _Machine({1: 0.10, 2: 0.06}, threads=1)  # the first guess (1) is the slower one
+    tuner = _tuner(m, (1, 2), probe_steps=4, warmup=2, every=5.0)
+    used = m.run(tuner, 40)
+    assert tuner.threads == 2 and m.counts[-1] == 2
+    assert used[:2] == [1, 1] and used[-10:] == [2] * 10  # warm-up on the guess; then the faster one
+    m.cost = {1: 0.05, 2: 0.50}  # another process took a core: two threads now wait on each other
+    m.run(tuner, 200)
+    assert tuner.threads == 1
+    m.counts.clear()
+    m.run(tuner, 20)  # within `every` seconds of the last round: no probing
+    assert m.counts == []
+
+
+def test_thread_tuner_ends_a_clearly_slower_probe_early_and_ignores_skipped_steps():
+    m = _Machine({1: 0.05, 2: 1.0}, threads=1)
+    tuner = _tuner(m, (2,), probe_steps=6, warmup=0, every=1000.0)
+    used = m.run(tuner, 30)
+    assert used.count(2) < 6 and tuner.threads == 1  # the 2-thread probe stopped once it was twice as slow
+    m = _Machine({1: 0.10, 2: 0.06}, threads=2)
+    tuner = _tuner(m, (1,), probe_steps=3, warmup=0, every=1000.0)
+    for _ in range(40):  # every other interval also validates for a long time: skipped, it cannot mislead
+        m.now += m.cost[m.threads]
+        tuner.step()
+        m.now += 5.0
+        tuner.skip()
+    assert tuner.threads == 2
+
+
+def test_thread_tuner_with_one_candidate_never_changes_anything():
+    m = _Machine({2: 0.1}, threads=2)
+    tuner = _tuner(m, (2,), warmup=0)
+    m.run(tuner, 50)
+    assert m.counts == [] and tuner.threads == 2
 
 
 def test_outside_a_served_app_nothing_can_end_a_session():

@@ -54,6 +54,26 @@ def test_train_page_defaults_render_layer_table():
     assert at.button(key="train_stop").disabled is True
 
 
+def test_train_hint_counts_the_steps_the_settings_give():
+    """The hint before the first run is computed from the settings on screen, not a promised time."""
+    from cnnviz import data, train
+
+    at = app("pages/train.py")
+    n = len(data.load("shapes", True))
+    n_train = n - min(500, n // 10)  # the page holds out validation images
+
+    def hint() -> str:
+        return next(i.value for i in at.info if "Press **Train**" in i.value)
+
+    assert hint() == (f"Press **Train** to start: {2 * -(-n_train // 128):,} steps of 128 images, from {n_train:,} "
+                      f"training images.")
+    at.selectbox(key="train_batch").set_value(64).run()
+    at.select_slider(key="train_size").set_value("1,000").run()
+    # 2 epochs of 1,000 would be 32 steps: a small set gets the minimum number of steps, so that it still learns
+    steps = max(32, train.TrainConfig().min_steps)
+    assert steps > 32 and hint() == f"Press **Train** to start: {steps} steps of 64 images, from 1,000 training images."
+
+
 def _wait_for_job(at: AppTest, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while at.session_state.job.snapshot().active:

@@ -353,7 +353,12 @@ class TrainingJob:
             _line.leave(self)
 
     def _in_a_process(self) -> _Process:
-        run = _Process(self._stop, training_threads(os.cpu_count() or 1, _line.training(), _idle_cores()))
+        cpus, training = os.cpu_count() or 1, _line.training()
+        # The first guess from the cores idle now; the training process then keeps whichever count trains fastest
+        # (worker.ThreadTuner): the click that starts a job keeps the server and a browser busy for a moment.
+        most = training_threads(cpus, training, None)
+        run = _Process(self._stop, training_threads(cpus, training, _idle_cores()),
+                       also_try=() if TRAIN_THREADS else tuple({1, most}))
         self.process = run.process
         self._update(status="running", message="")
         return run
@@ -457,10 +462,11 @@ class _Process:
     """A training process on this machine, fed and heard through a pipe; the same methods as
     :class:`cluster.RemoteRun`, so a job follows either the same way."""
 
-    def __init__(self, stop, threads: int):
+    def __init__(self, stop, threads: int, also_try: tuple[int, ...] = ()):
         self._here, self._there = _context.Pipe()
         device = os.environ.get(devices.ENV) or "cpu"  # `cnnviz app --device`; resolved in the training process
-        self.process = _context.Process(target=worker.run, args=(self._there, stop, threads, device),
+        self.process = _context.Process(target=worker.run, args=(self._there, stop, threads, device, worker.NICENESS,
+                                                                 also_try),
                                         name="cnnviz-train", daemon=True)
         self.started: float | None = None  # when the work was sent: the time cap counts from here
 
