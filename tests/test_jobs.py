@@ -270,6 +270,24 @@ def test_job_trains_in_its_own_process(small):
     assert job.process is not None and job.process.pid != os.getpid() and job.process.exitcode == 0
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_a_training_process_runs_only_on_cores_the_pages_leave(small):
+    job = _job(small, train.TrainConfig(epochs=50, batch_size=64)).start()
+    try:
+        deadline = time.monotonic() + 120
+        while job.snapshot().step < 1:
+            assert time.monotonic() < deadline and job.snapshot().active, job.snapshot().message
+            time.sleep(0.05)
+        pid = job.process.pid
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[16])
+        assert nice >= worker.NICENESS
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the server (here: the test) keeps its priority
+    finally:
+        job.stop()
+        jobs.wait_for(job, 60)
+
+
 def test_an_error_in_the_training_process_is_reported(small):
     too_few = models.preset("tiny", 3, 32, 2)  # 8 classes in the data, 2 outputs: the loss raises
     job = _job(small, train.TrainConfig(epochs=1, min_steps=10, batch_size=64), spec=too_few).start()
