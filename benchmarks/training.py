@@ -86,10 +86,11 @@ def train_presets(options: Options) -> list[Row]:
 
 
 PAGE_EVERY = 3.0  # pages/train.py: CHARTS_EVERY and FILTERS_EVERY, the seconds between redraws of the live views
+PAGE_TICK = 2.0  # pages/train.py: TICK, the seconds between the live view's updates
 
 
 def app_train(options: Options) -> list[Row]:
-    """The Train page's job (a training process, polled each second by the page) vs ``train.fit`` directly."""
+    """The Train page's job (a training process, polled every PAGE_TICK seconds by the page) vs ``train.fit`` directly."""
     from cnnviz import data, models, train
 
     full, te = data.load("shapes", True), data.load("shapes", False)
@@ -112,7 +113,7 @@ def app_train(options: Options) -> list[Row]:
             note=f"{len(direct.steps)} steps in {direct.seconds:.1f} s, test accuracy {direct_acc:.1%}"),
         Row("TrainingJob, nobody polling", quiet.images_per_s, "img/s",
             note=f"{quiet.images_per_s / direct.images_per_s:.2f}× direct"),
-        Row("TrainingJob, page polling + drawing each second", polled.images_per_s, "img/s",
+        Row(f"TrainingJob, page polling + drawing every {PAGE_TICK:g} s", polled.images_per_s, "img/s",
             note=f"{len(polled.steps)} steps in {polled.seconds:.1f} s, test accuracy {polled_acc:.1%}"),
         Row("app ÷ CLI images/s (no browser; see browser-train)", ratio, "×", at_least(0.8)),
         Row("Train → first step reported, first job (fork server starting)", cold_start, "s"),
@@ -126,7 +127,7 @@ def app_train(options: Options) -> list[Row]:
 
 def _run_job(spec, tr, val, te, config, poll: bool):
     """Run a :class:`TrainingJob` to the end, optionally with a thread doing what the Train page's fragment does
-    each second; the fit's history, the test accuracy, the seconds each page tick took, and the seconds from
+    every PAGE_TICK seconds; the fit's history, the test accuracy, the seconds each page tick took, and the seconds from
     Train to the first step reported (the training process starting and receiving the data)."""
     import plotly.io
 
@@ -139,7 +140,7 @@ def _run_job(spec, tr, val, te, config, poll: bool):
 
     def page() -> None:
         drawn, updated, fig, shown = 0.0, 0.0, None, None
-        while not done.wait(1.0):
+        while not done.wait(PAGE_TICK):
             start = time.perf_counter()
             snap = job.snapshot()
             # As pages/train.py: one figure per job, its points updated when new ones came, at most every
