@@ -90,7 +90,8 @@ PAGE_TICK = 2.0  # pages/train.py: TICK, the seconds between the live view's upd
 
 
 def app_train(options: Options) -> list[Row]:
-    """The Train page's job (a training process, polled every PAGE_TICK seconds by the page) vs ``train.fit`` directly."""
+    """The Train page's job (a training process, polled every PAGE_TICK seconds by the page) vs ``train.fit``
+    directly."""
     from cnnviz import data, models, train
 
     full, te = data.load("shapes", True), data.load("shapes", False)
@@ -120,7 +121,8 @@ def app_train(options: Options) -> list[Row]:
         Row("Train → first step reported, later jobs", warm_start, "s"),
     ]
     if ticks:
-        rows.append(Row(f"page tick: snapshot + curves (new points and filter PNG every {PAGE_EVERY:g} s), median", 1000 * statistics.median(ticks),
+        rows.append(Row(f"page tick: snapshot + curves (new points and filter PNG every {PAGE_EVERY:g} s), median",
+                        1000 * statistics.median(ticks),
                         "ms", note=f"max {1000 * max(ticks):.0f} ms over {len(ticks)} ticks"))
     return rows
 

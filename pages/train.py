@@ -261,7 +261,8 @@ def live() -> None:
         grads = gradients.GradientSnapshot(**snap.gradients)
         # (job, samples drawn, figure, when): redrawn when they change, as often as the curves
         drawn = st.session_state.get("live_gradients")
-        if drawn is None or drawn[0] is not job or drawn[1] != (grads.steps[-1], grads.every) and _due(drawn, job, snap):
+        new = drawn is not None and drawn[1] != (grads.steps[-1], grads.every)
+        if drawn is None or drawn[0] is not job or new and _due(drawn, job, snap):
             drawn = (job, (grads.steps[-1], grads.every), gradients.heatmap(grads, "grad_norm"), time.monotonic())
             st.session_state.live_gradients = drawn
         st.plotly_chart(drawn[2], key="gradients", width="stretch")
