@@ -212,9 +212,9 @@ def live_filters(job: jobs.TrainingJob, snap: jobs.Snapshot) -> bytes:
     return drawn[3]
 
 
-def _due(drawn: tuple | None, job: jobs.TrainingJob, snap: jobs.Snapshot) -> bool:
+def _due(drawn: tuple, snap: jobs.Snapshot) -> bool:
     """Whether a live chart drawn as ``drawn`` (job, what it shows, figure, when) gets the job's new points now."""
-    return drawn is None or drawn[0] is not job or not snap.active or time.monotonic() - drawn[3] >= CHARTS_EVERY
+    return not snap.active or time.monotonic() - drawn[3] >= CHARTS_EVERY
 
 
 def live_curves(job: jobs.TrainingJob, snap: jobs.Snapshot):
@@ -224,7 +224,7 @@ def live_curves(job: jobs.TrainingJob, snap: jobs.Snapshot):
     shown = (snap.step, len(snap.history["epochs"]), snap.status)
     if drawn is None or drawn[0] is not job:
         drawn = (job, shown, charts.training_curves(snap.history), time.monotonic())
-    elif drawn[1] != shown and _due(drawn, job, snap):
+    elif drawn[1] != shown and _due(drawn, snap):
         drawn = (job, shown, charts.update_training_curves(drawn[2], snap.history), time.monotonic())
     st.session_state.live_curves = drawn
     return drawn[2]
@@ -261,8 +261,7 @@ def live() -> None:
         grads = gradients.GradientSnapshot(**snap.gradients)
         # (job, samples drawn, figure, when): redrawn when they change, as often as the curves
         drawn = st.session_state.get("live_gradients")
-        new = drawn is not None and drawn[1] != (grads.steps[-1], grads.every)
-        if drawn is None or drawn[0] is not job or new and _due(drawn, job, snap):
+        if drawn is None or drawn[0] is not job or drawn[1] != (grads.steps[-1], grads.every) and _due(drawn, snap):
             drawn = (job, (grads.steps[-1], grads.every), gradients.heatmap(grads, "grad_norm"), time.monotonic())
             st.session_state.live_gradients = drawn
         st.plotly_chart(drawn[2], key="gradients", width="stretch")
