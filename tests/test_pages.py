@@ -230,10 +230,21 @@ def test_explore_bad_upload_keeps_last_good_image(raw, words):
     at = _upload(app("pages/explore.py"), "good.png", encode(PHOTO, "PNG"))
     model_before = at.session_state.model.model_id
     at.file_uploader(key="explore_upload").set_value(("bad.png", raw, "image/png")).run()
-    assert any(words in e.value for e in at.error), [e.value for e in at.error]
+    assert any(words in e.value and "last good image is still shown" in e.value for e in at.error), \
+        [e.value for e in at.error]
     _views_rendered(at)
     assert "your upload good.png" in texts(at)
     assert at.session_state.model.model_id == model_before
+
+
+def test_a_bad_first_upload_does_not_promise_a_last_good_image():
+    at = app("pages/explore.py")
+    at.pills(key="explore_source").set_value("Upload").run()
+    at.file_uploader(key="explore_upload").set_value(("bad.png", b"%PDF-1.4 not an image", "image/png")).run()
+    [error] = [e.value for e in at.error]
+    assert error.startswith("This file is not an image") and error.endswith("Please choose another file.")
+    assert "last good image" not in error
+    assert "Choose an image on the left" in texts(at)
 
 
 def test_explore_switching_to_an_empty_upload_shows_the_uploader_alone_and_switching_back_keeps_the_test_image():

@@ -251,13 +251,13 @@ def image_picker(info: DatasetInfo, key: str = "img") -> PickedImage | None:
         up = st.file_uploader("Upload an image (PNG, JPEG, GIF, BMP, TIFF, WebP)", key=f"{key}_upload",
                               max_upload_size=images.MAX_BYTES // images.MB)
         if up is not None:
-            picked = _checked(up.getvalue(), f"your upload {up.name}")
+            picked = _checked(up.getvalue(), f"your upload {up.name}", last_key in st.session_state)
     elif source == "Draw":
         picked = _drawing(info, key)
     else:
         shot = st.camera_input("Take a photo", key=f"{key}_camera")
         if shot is not None:
-            picked = _checked(shot.getvalue(), "your photo")
+            picked = _checked(shot.getvalue(), "your photo", last_key in st.session_state)
     if picked is not None:
         st.session_state[last_key] = picked
     return st.session_state.get(last_key)
@@ -277,8 +277,9 @@ def _pick_test(info: DatasetInfo, wanted: str, seed: int) -> PickedImage | None:
     return _picked(_png(split.x[index]), f"test image #{index} (a {info.class_names[int(split.y[index])]})")
 
 
-def _checked(data: bytes, label: str) -> PickedImage | None:
-    """The upload if it is a usable image; else one friendly message, and the last good image stays.
+def _checked(data: bytes, label: str, kept: bool) -> PickedImage | None:
+    """The upload if it is a usable image; else one friendly message, and the last good image (``kept``: there is
+    one) stays.
 
     An upload stays in its widget across reruns; it is decoded (up to 40 megapixels) once, not on every slider move.
     """
@@ -292,7 +293,8 @@ def _checked(data: bytes, label: str) -> PickedImage | None:
             verdict = (picked.key, str(e))
         st.session_state["_checked_upload"] = verdict
     if verdict[1] is not None:
-        st.error(f"{md(verdict[1])} The last good image is still shown below.", icon=":material/broken_image:")
+        then = " The last good image is still shown below." if kept else " Please choose another file."
+        st.error(md(verdict[1]) + then, icon=":material/broken_image:")
         return None
     return picked
 
